@@ -1,0 +1,6 @@
+"""LightningModules. They share the policy backbone (:mod:`r1lightning.policy`) and stay thin."""
+
+from r1lightning.modules.base import PolicyModule
+from r1lightning.modules.sft import SFTModule
+
+__all__ = ["PolicyModule", "SFTModule"]

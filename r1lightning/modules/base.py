@@ -1,0 +1,164 @@
+"""What every r1lightning LightningModule shares: the policy, the optimiser and LR schedule,
+sampled evaluation (pass@1 / cons@k on held-out prompts) and the Hugging Face export at the end of fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from typing import Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from r1lightning.metrics import ConsAtK, PassAtK
+from r1lightning.policy import Policy, PolicyConfig
+from r1lightning.rollout.base import RolloutEngine, SamplingSettings
+
+log = logging.getLogger(__name__)
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:
+    """LR multiplier: linear warmup from 0, then constant / linear / cosine decay to ``min_lr_ratio``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant" or total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "linear":
+        return min_lr_ratio + (1.0 - min_lr_ratio) * (1.0 - progress)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def expand_columns(columns: dict[str, list], n: int) -> dict[str, list]:
+    """Per-prompt columns repeated for the n samples of each prompt (group-contiguous)."""
+    return {k: [v for v in values for _ in range(n)] for k, values in columns.items()}
+
+
+class PolicyModule(pl.LightningModule):
+    """Base class: owns ``self.policy`` and the optimiser; subclasses write the step."""
+
+    def __init__(
+        self,
+        policy: PolicyConfig,
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 0,
+        lr_schedule: str = "cosine",
+        min_lr_ratio: float = 0.1,
+        eval_sampling: Optional[SamplingSettings] = None,
+        eval_reward: str = "accuracy",
+        export_dir: Optional[str] = "auto",
+    ):
+        super().__init__()
+        if lr_schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine', 'linear' or 'constant', got {lr_schedule!r}")
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        self.policy = Policy(policy)
+        self.eval_sampling = eval_sampling
+        self.eval_reward = eval_reward
+        self.export_dir = export_dir
+        self.val_pass1 = PassAtK(k=1)
+        self.val_cons = ConsAtK()
+        self._eval_engine: Optional[RolloutEngine] = None
+        self._val_stats: dict[str, list[float]] = {}
+
+    @property
+    def tokenizer(self):
+        return self.policy.tokenizer
+
+    def configure_model(self) -> None:
+        self.policy.build()  # idempotent: Lightning may call it more than once
+
+    # ---------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.policy.build().parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]  # norms and biases are not decayed
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.lr, betas=tuple(hp.betas))
+        total = self.total_optimizer_steps()
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, hp.warmup_steps, total, hp.lr_schedule, hp.min_lr_ratio)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def total_optimizer_steps(self) -> int:
+        try:
+            total = self.trainer.estimated_stepping_batches
+        except Exception:  # noqa: BLE001 - no trainer / unsized loader: schedule by max_steps only
+            total = float("inf")
+        if not math.isfinite(total):
+            total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else 1
+        return max(1, int(total))
+
+    # ---------------------------------------------------------------- evaluation by sampling
+    def eval_engine(self) -> RolloutEngine:
+        if self._eval_engine is None:
+            from r1lightning.rollout.hf import HFRolloutEngine
+
+            self._eval_engine = HFRolloutEngine(self.policy)
+        return self._eval_engine
+
+    def sample_and_score(self, prompt_ids: list[list[int]], columns: dict[str, list], prefix: str = "val") -> dict:
+        """Sample ``eval_sampling.n`` completions per prompt, score them, update pass@1 / cons@k."""
+        from r1lightning.rewards import get_reward_fn
+        from r1lightning.rewards.format import format_reward
+        from r1lightning.rewards.parsing import extract_answer, extract_boxed
+
+        s = self.eval_sampling
+        t0 = time.perf_counter()
+        out = self.eval_engine().generate(prompt_ids, s)
+        cols = expand_columns(columns, s.n)
+        correct = torch.tensor(get_reward_fn(self.eval_reward)(out.texts, **cols)) > 0.5
+        correct = correct.view(len(prompt_ids), s.n)
+        answers = []
+        for text in out.texts:
+            a = extract_answer(text)
+            answers.append(extract_boxed(a) or a if a is not None else None)
+        self.val_pass1.update(correct)
+        self.val_cons.update([answers[i * s.n : (i + 1) * s.n] for i in range(len(prompt_ids))], correct)
+        stats = {
+            "format_rate": sum(format_reward(out.texts)) / len(out.texts),
+            "completion_length": out.num_completion_tokens / len(out.texts),
+            "truncated_ratio": sum(out.truncated) / len(out.texts),
+            "eval_s": time.perf_counter() - t0,
+        }
+        for k, v in stats.items():
+            self._val_stats.setdefault(k, []).append(v)
+        return stats
+
+    def log_sampled_eval(self, prefix: str = "val") -> None:
+        if self.eval_sampling is None:
+            return
+        n = self.eval_sampling.n
+        self.log(f"{prefix}/pass@1", self.val_pass1.compute(), prog_bar=True, sync_dist=False)
+        if n > 1:
+            self.log(f"{prefix}/cons@{n}", self.val_cons.compute(), sync_dist=False)
+        for k, vals in self._val_stats.items():
+            self.log(f"{prefix}/{k}", sum(vals) / len(vals), sync_dist=True)
+        self.val_pass1.reset()
+        self.val_cons.reset()
+        self._val_stats = {}
+
+    # ---------------------------------------------------------------- export
+    def on_fit_end(self) -> None:
+        if self.export_dir in (None, "", "none"):
+            return
+        self._export()
+
+    @rank_zero_only
+    def _export(self) -> None:
+        path = self.export_dir
+        if path == "auto":
+            base = self.trainer.log_dir or self.trainer.default_root_dir
+            path = os.path.join(base, "hf_model")
+        out = self.policy.save_pretrained(path)
+        log.info("exported the policy to %s", out)
+        print(f"[r1lightning] exported the trained policy (save_pretrained) to {out}")

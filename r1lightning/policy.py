@@ -1,0 +1,317 @@
+"""The shared policy backbone: one Hugging Face causal LM + tokenizer used by SFT, GRPO and distillation.
+
+``PolicyConfig`` is the typed argument group every LightningModule takes (its attribute docstrings are
+the ``--help`` text). ``Policy`` loads the model offline from a local folder (or builds a tiny one
+from scratch), applies dtype / attention implementation / gradient checkpointing / LoRA, computes
+per-token log-probs and entropies of completion tokens, and exports with ``save_pretrained``.
+
+Log-probs are computed from the decoder's final hidden states with the LM head applied in chunks
+of ``logprob_chunk_tokens`` tokens under activation checkpointing, and only at the positions asked
+for: the full ``(B, T, V)`` fp32 logits tensor is never built (with a 150k vocabulary it would be the
+largest tensor of the step).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter settings (peft)."""
+
+    r: int = 16
+    """Adapter rank."""
+    alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    target_modules: list[str] | str = "all-linear"
+    """Module names to adapt, or 'all-linear'."""
+
+
+@dataclass
+class TinyModelSettings:
+    """Build a randomly initialised tiny Llama (for tests and from-scratch demos) instead of loading one."""
+
+    vocab_size: int = 512
+    """BPE vocabulary size of the offline tokenizer (used only when no tokenizer path is given)."""
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int = 512
+    max_position_embeddings: int = 512
+    seed: int = 0
+    """Seed of the weight initialisation."""
+
+
+@dataclass
+class PolicyConfig:
+    """Which causal LM to train and how to run it."""
+
+    model_name_or_path: Optional[str] = None
+    """Local folder of a Hugging Face causal LM (config + weights + tokenizer). Relative paths that do not
+    exist under the working directory are also looked up in the installed package (e.g. the shipped
+    ``r1lightning/assets/tiny_base``)."""
+    tokenizer_name_or_path: Optional[str] = None
+    """Tokenizer folder if different from the model folder."""
+    tiny: Optional[TinyModelSettings] = None
+    """Build a tiny random Llama from scratch (ignored when model_name_or_path is set)."""
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """Parameter dtype. bf16 on GPUs; float32 on CPU."""
+    attn_implementation: Optional[str] = "sdpa"
+    """'sdpa', 'eager', 'flash_attention_2', ... (None = transformers' default)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+    trust_remote_code: bool = False
+    """Allow model code shipped in the model folder to run. Off unless you trust the folder."""
+    local_files_only: bool = True
+    """Never reach a model hub (the default: runs must be reproducible offline)."""
+    lora: Optional[LoraSettings] = None
+    """Train a LoRA adapter instead of all weights (the reference policy is then the base, adapter off)."""
+    pad_token: Optional[str] = None
+    """Pad token to set when the tokenizer has none (e.g. its eos token)."""
+    logprob_chunk_tokens: int = 1024
+    """Tokens per chunk when applying the LM head for log-probs (bounds the fp32 logits memory)."""
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """A local path, falling back to the installed package for the shipped assets."""
+    p = Path(path).expanduser()
+    if p.exists():
+        return p
+    if p.parts and p.parts[0] == "r1lightning":
+        candidate = PACKAGE_ROOT.joinpath(*p.parts[1:])
+        if candidate.exists():
+            return candidate
+    return p
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions that skip left padding, exactly as HF ``generate`` computes them.  # (B, T)"""
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.clamp_(min=0)
+
+
+def _head_logprobs(hidden: Tensor, targets: Tensor, weight: Tensor, bias: Optional[Tensor], temperature: float,
+                   softcap: Optional[float], logit_scale: Optional[float]) -> tuple[Tensor, Tensor]:
+    """Log-prob of ``targets`` and entropy for a chunk of hidden states.  hidden (N, H), targets (N,)"""
+    logits = F.linear(hidden, weight, bias).float()  # (N, V)
+    if logit_scale is not None:
+        logits = logits * logit_scale
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    logits = logits / temperature
+    logz = torch.logsumexp(logits, dim=-1)  # (N,)
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz  # (N,)
+    with torch.no_grad():
+        probs = torch.softmax(logits, dim=-1)
+        entropy = logz - (probs * logits).sum(-1)  # (N,)
+    return logp, entropy
+
+
+class Policy(nn.Module):
+    """HF causal LM + tokenizer. Call :meth:`build` (idempotent) before use; modules do it in
+    ``configure_model`` so FSDP/DeepSpeed can wrap the model after it exists."""
+
+    def __init__(self, config: PolicyConfig | None = None, tokenizer=None):
+        super().__init__()
+        self.config = config or PolicyConfig()
+        self.tokenizer = tokenizer if tokenizer is not None else self._load_tokenizer()
+        self.model: Optional[nn.Module] = None
+
+    # ------------------------------------------------------------------ loading
+    def _source(self) -> Optional[Path]:
+        cfg = self.config
+        if cfg.model_name_or_path is None:
+            if cfg.tiny is None:
+                raise ValueError("policy: set model_name_or_path (a local model folder) or tiny (build from scratch)")
+            return None
+        path = resolve_path(cfg.model_name_or_path)
+        if not path.exists() and cfg.local_files_only:
+            raise FileNotFoundError(
+                f"policy.model_name_or_path={cfg.model_name_or_path!r} is not a local folder. r1lightning loads "
+                "models offline: download the model first (e.g. `hf download ORG/NAME --local-dir DIR`) and point "
+                "model_name_or_path at DIR, or set policy.local_files_only=false to allow hub access."
+            )
+        return path
+
+    def _load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        cfg = self.config
+        src = cfg.tokenizer_name_or_path or cfg.model_name_or_path
+        if src is None:
+            from r1lightning.tiny import build_tiny_tokenizer
+
+            tok = build_tiny_tokenizer(vocab_size=(cfg.tiny or TinyModelSettings()).vocab_size)
+        else:
+            path = resolve_path(src)
+            if not path.exists() and cfg.local_files_only:
+                raise FileNotFoundError(
+                    f"tokenizer folder {src!r} does not exist (policy.tokenizer_name_or_path / model_name_or_path)"
+                )
+            tok = AutoTokenizer.from_pretrained(
+                str(path), trust_remote_code=cfg.trust_remote_code, local_files_only=cfg.local_files_only
+            )
+        if tok.pad_token is None:
+            if cfg.pad_token is None:
+                raise ValueError(
+                    f"the tokenizer of {src!r} has no pad token; set policy.pad_token "
+                    f"(for example to its eos token {tok.eos_token!r})"
+                )
+            tok.pad_token = cfg.pad_token
+        if tok.eos_token is None:
+            raise ValueError(f"the tokenizer of {src!r} has no eos token; generation could never stop")
+        return tok
+
+    def build(self) -> nn.Module:
+        """Create (load) the model once; later calls return it."""
+        if self.model is not None:
+            return self.model
+        from transformers import AutoModelForCausalLM
+
+        cfg = self.config
+        kwargs = {}
+        if cfg.attn_implementation:
+            kwargs["attn_implementation"] = cfg.attn_implementation
+        path = self._source()
+        if path is None:
+            from r1lightning.tiny import tiny_llama_config
+
+            t = cfg.tiny
+            hf_config = tiny_llama_config(
+                self.tokenizer, t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.intermediate_size,
+                t.max_position_embeddings,
+            )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(t.seed)
+                model = AutoModelForCausalLM.from_config(hf_config, **kwargs)
+            if cfg.dtype in _DTYPES:
+                model = model.to(_DTYPES[cfg.dtype])
+        else:
+            dtype = "auto" if cfg.dtype == "auto" else _DTYPES[cfg.dtype]
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path), dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+                local_files_only=cfg.local_files_only, **kwargs,
+            )
+        if model.get_output_embeddings() is None:
+            raise ValueError(f"{cfg.model_name_or_path!r} is not a causal LM with an output head")
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        if cfg.lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            l = cfg.lora
+            model = get_peft_model(
+                model,
+                LoraConfig(r=l.r, lora_alpha=l.alpha, lora_dropout=l.dropout, target_modules=l.target_modules,
+                           task_type="CAUSAL_LM"),
+            )
+            if cfg.gradient_checkpointing:
+                model.enable_input_require_grads()
+        self.model = model
+        return model
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def is_lora(self) -> bool:
+        return self.config.lora is not None
+
+    def base_causal_lm(self) -> nn.Module:
+        """The transformers ``*ForCausalLM`` (inside the peft wrapper when LoRA is on)."""
+        model = self.build()
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None, **kwargs):
+        return self.build()(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    def token_logprobs(
+        self,
+        input_ids: Tensor,
+        attention_mask: Optional[Tensor] = None,
+        logits_to_keep: Optional[int] = None,
+        temperature: float = 1.0,
+        position_ids: Optional[Tensor] = None,
+        loss_mask: Optional[Tensor] = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Log-probs and entropies of the last ``logits_to_keep`` tokens given everything before them.
+
+        input_ids (B, T); attention_mask (B, T) (left and/or right padding, 1 = real token);
+        returns logp (B, K) and entropy (B, K) with K = logits_to_keep (default T - 1), where
+        logp[b, k] = log pi(input_ids[b, T-K+k] | input_ids[b, :T-K+k]) at ``temperature``.
+        Positions where ``loss_mask`` (B, K) is 0 are not computed (0 is returned there).
+        With packed rows pass ``position_ids`` that restart at 0 per sequence and no attention_mask.
+        """
+        bsz, seqlen = input_ids.shape
+        k = seqlen - 1 if logits_to_keep is None else int(logits_to_keep)
+        if not 0 < k < seqlen:
+            raise ValueError(f"logits_to_keep must be in [1, {seqlen - 1}], got {k}")
+        lm = self.base_causal_lm()
+        if position_ids is None and attention_mask is not None:
+            position_ids = position_ids_from_mask(attention_mask)
+        decoder = lm.get_decoder()
+        out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        hidden = out.last_hidden_state[:, seqlen - k - 1 : seqlen - 1]  # (B, K, H) predicts tokens T-K..T-1
+        targets = input_ids[:, seqlen - k :]  # (B, K)
+        if loss_mask is None:
+            keep = torch.ones_like(targets, dtype=torch.bool)
+            if attention_mask is not None:
+                keep = attention_mask[:, seqlen - k :].bool()
+        else:
+            keep = loss_mask.bool()
+        flat_h = hidden[keep]  # (N, H)
+        flat_t = targets[keep]  # (N,)
+        head = lm.get_output_embeddings()
+        weight, bias = head.weight, getattr(head, "bias", None)
+        softcap = getattr(lm.config, "final_logit_softcapping", None)
+        scale = getattr(lm.config, "logit_scale", None)
+        chunk = max(1, int(self.config.logprob_chunk_tokens))
+        lps, ents = [], []
+        for start in range(0, flat_h.shape[0], chunk):
+            h, t = flat_h[start : start + chunk], flat_t[start : start + chunk]
+            if torch.is_grad_enabled() and h.requires_grad:
+                lp, ent = checkpoint(_head_logprobs, h, t, weight, bias, temperature, softcap, scale,
+                                     use_reentrant=False)
+            else:
+                lp, ent = _head_logprobs(h, t, weight, bias, temperature, softcap, scale)
+            lps.append(lp)
+            ents.append(ent)
+        logp = hidden.new_zeros(bsz, k, dtype=torch.float32)
+        entropy = torch.zeros_like(logp)
+        if lps:
+            logp = logp.masked_scatter(keep, torch.cat(lps))
+            entropy = entropy.masked_scatter(keep, torch.cat(ents).detach())
+        return logp, entropy
+
+    # ------------------------------------------------------------------ export
+    def merged_model(self) -> nn.Module:
+        """The model with any LoRA adapter merged in (a copy when LoRA is on; the model otherwise)."""
+        model = self.build()
+        if self.is_lora:
+            return copy.deepcopy(model).merge_and_unload()
+        return model
+
+    def save_pretrained(self, path: str | os.PathLike, merge_lora: bool = True) -> Path:
+        """Write a folder that ``AutoModelForCausalLM.from_pretrained`` and vLLM load (LoRA merged)."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        model = self.merged_model() if merge_lora else self.build()
+        model.save_pretrained(str(out), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(out))
+        return out

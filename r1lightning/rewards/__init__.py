@@ -1,0 +1,67 @@
+"""Rule-based rewards (DeepSeek-R1 §2.2 accuracy + format for R1-Zero; §2.3 language consistency).
+
+Every reward is a plain function ``fn(completions: list[str], **columns) -> list[float]``:
+dataset columns (``answer=[...]``, ``language=[...]``) arrive as per-sample lists, unknown
+columns are ignored, and model output never raises (garbage scores, it does not crash).
+:class:`WeightedReward` combines them from a plain-data spec (YAML-friendly).
+
+This package imports no torch / lightning, so reward worker processes start fast.
+"""
+
+from r1lightning.rewards.accuracy import (
+    accuracy_reward,
+    exact_match_reward,
+    math_verify_reward,
+    normalize_answer,
+    parse_number,
+    shutdown_pool,
+    warmup_pool,
+)
+from r1lightning.rewards.combine import (
+    REWARD_FUNCS,
+    RewardFn,
+    RewardTerm,
+    WeightedReward,
+    get_reward_fn,
+)
+from r1lightning.rewards.errors import RewardConfigError
+from r1lightning.rewards.format import format_reward, is_well_formatted
+from r1lightning.rewards.language import (
+    LANGUAGE_SCRIPTS,
+    SCRIPTS,
+    language_consistency_reward,
+    language_fractions,
+    script_word_counts,
+    scripts_for_language,
+    target_language_fraction,
+)
+from r1lightning.rewards.parsing import as_text, extract_answer, extract_boxed, extract_think
+
+__all__ = [
+    "LANGUAGE_SCRIPTS",
+    "REWARD_FUNCS",
+    "SCRIPTS",
+    "RewardConfigError",
+    "RewardFn",
+    "RewardTerm",
+    "WeightedReward",
+    "accuracy_reward",
+    "as_text",
+    "exact_match_reward",
+    "extract_answer",
+    "extract_boxed",
+    "extract_think",
+    "format_reward",
+    "get_reward_fn",
+    "is_well_formatted",
+    "language_consistency_reward",
+    "language_fractions",
+    "math_verify_reward",
+    "normalize_answer",
+    "parse_number",
+    "script_word_counts",
+    "scripts_for_language",
+    "shutdown_pool",
+    "target_language_fraction",
+    "warmup_pool",
+]

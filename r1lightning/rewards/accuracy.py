@@ -1,0 +1,617 @@
+"""Accuracy rewards: is the final answer right? (DeepSeek-R1 §2.2, R1-Zero's rule-based reward.)
+
+R1-Zero is trained on a rule-based reward of two parts, *accuracy* and *format* (§2.2). For
+math, "the model is required to provide the final answer in a specified format (e.g., within a
+box), enabling reliable rule-based verification of correctness". Here the answer is the content
+of the last ``<answer>...</answer>`` block, and the ``\\boxed{}`` inside it when there is one.
+
+Three rewards, all ``fn(completions, answer, **kwargs) -> list[float]`` scoring 1.0 or 0.0:
+
+* :func:`exact_match_reward` -- normalised string / exact rational comparison. For synthetic
+  tasks with a unique canonical answer (arithmetic, countdown) and as the cheap first check.
+* :func:`math_verify_reward` -- symbolic equivalence with HuggingFace ``math-verify``
+  (``\\frac{1}{2}`` == ``0.5``, ``2\\sqrt{2}`` == ``\\sqrt{8}``, intervals, sets, matrices).
+* :func:`accuracy_reward` -- exact match, then math-verify only when the gold answer is not a
+  plain number (see its docstring for why).
+
+Departures from the paper / peers, on purpose:
+
+* No ``<answer>`` block -> 0.0 (``require_answer_tag=True``). Scanning the whole completion for
+  "the last number" rewards outputs the format reward is meant to reject, and lets a policy
+  list candidates in its reasoning. Set ``require_answer_tag=False`` to fall back to the text
+  after ``</think>``.
+* math-verify bounds its work with ``signal.alarm``, which only works in the main thread of the
+  main interpreter (it raises ``ValueError`` elsewhere, e.g. in a Lightning / dataloader thread),
+  takes whole seconds only, and cannot interrupt long C-level work (big-integer arithmetic in
+  sympy). So checks run in a module-level, lazily created ``ProcessPoolExecutor`` (spawn
+  context, safe next to torch's threads) whose workers are the main thread of their own process.
+  The parent enforces a wall-clock ``timeout_s`` per item; an item over time scores 0.0 and the
+  pool is killed and respawned (the other items in flight are re-run, not penalised). A crashed
+  worker, a timeout, or an unparsable answer all give 0.0, never an exception.
+  ``workers=0`` checks in-process when called from the main thread (no pool; only math-verify's
+  own alarms bound the time, and they cancel any other ``SIGALRM`` timer in the process, e.g.
+  pytest-timeout's signal method).
+
+Processes started with "spawn" re-import the main module: scripts calling these rewards at top
+level need the usual ``if __name__ == "__main__":`` guard (``python -m r1lightning`` has one).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import multiprocessing
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from fractions import Fraction
+from typing import Any
+
+from r1lightning.rewards.errors import RewardConfigError
+from r1lightning.rewards.parsing import as_text, extract_answer, extract_boxed
+
+__all__ = [
+    "accuracy_reward",
+    "exact_match_reward",
+    "math_verify_reward",
+    "normalize_answer",
+    "parse_number",
+    "shutdown_pool",
+    "warmup_pool",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 10.0
+#: Answers longer than this are not sent to math-verify (0.0): no real final answer is that long,
+#: and sympy on a 100k-character "expression" is how a check hangs.
+DEFAULT_MAX_ANSWER_CHARS = 1000
+#: Pool restarts allowed within one call before the rest of the batch scores 0.0 (a batch of
+#: answers that all hang should cost seconds, not a restart per item).
+_MAX_RESTARTS_PER_CALL = 4
+_STARTUP_TIMEOUT_S = 120.0
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _check_answer_column(answer: object, n: int, reward: str) -> Sequence[object]:
+    if answer is None:
+        raise RewardConfigError(
+            f"reward {reward!r} needs the dataset column 'answer' (the gold answers), "
+            "but it was not passed"
+        )
+    if isinstance(answer, (str, bytes)) or not isinstance(answer, Sequence):
+        raise RewardConfigError(
+            f"reward {reward!r}: column 'answer' must be a per-sample list, "
+            f"got {type(answer).__name__}"
+        )
+    if len(answer) != n:
+        raise RewardConfigError(
+            f"reward {reward!r}: column 'answer' has {len(answer)} entries for {n} completions"
+        )
+    return answer
+
+
+def _final_answer(completion: object, require_answer_tag: bool) -> str | None:
+    """The text to grade: the last ``<answer>`` content (``None`` if absent or empty)."""
+    text = as_text(completion)
+    ans = extract_answer(text)
+    if ans is None and not require_answer_tag:
+        ans = text.rsplit("</think>", 1)[-1].strip()
+    return ans or None
+
+
+def _gold_text(gold: object) -> str | None:
+    if gold is None:
+        return None
+    text = gold if isinstance(gold, str) else str(gold)
+    return text.strip() or None
+
+
+# --------------------------------------------------------------------------- exact match
+
+_LATEX_SPACING_RE = re.compile(r"\\[,!;: ]|\\(?:quad|qquad|left|right)\b")
+_DECORATION_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\?%")
+_DELIMITERS_RE = re.compile(r"\$|\\[()\[\]]|\s+")
+_TEXT_WRAPPER_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
+_ASSIGNMENT_RE = re.compile(r"[A-Za-z]=(?!=)")
+_THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_DECIMAL_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,4})?")
+_SLASH_FRACTION_RE = re.compile(r"([+-]?\d+)/([+-]?\d+)")
+_TEX_FRACTION_RE = re.compile(r"([+-]?)\\frac\{([+-]?\d+)\}\{([+-]?\d+)\}")
+_MAX_NUMBER_CHARS = 100  # longer "numbers" are compared as strings (no giant Fractions)
+
+
+def normalize_answer(text: str) -> str:
+    """Canonical form used by :func:`exact_match_reward` (a subset of the MATH benchmark's
+    ``strip_string`` normalisation, Hendrycks et al. 2021).
+
+    Takes the last ``\\boxed{}`` content if there is one, then removes whitespace, ``$``,
+    ``\\(``/``\\)``/``\\[``/``\\]``, LaTeX spacing and sizing (``\\,`` ``\\!`` ``\\quad``
+    ``\\left`` ``\\right``), degree and percent signs, a ``\\text{}``-style wrapper around the
+    whole answer, a leading one-letter assignment (``x=3`` -> ``3``), trailing periods and
+    thousands separators (``1,234`` -> ``1234``; ``1,2`` is left alone); ``\\dfrac``/``\\tfrac``
+    become ``\\frac``.
+    """
+    boxed = extract_boxed(text)
+    if boxed is not None:
+        text = boxed
+    text = _LATEX_SPACING_RE.sub("", text)
+    text = _DECORATION_RE.sub("", text)
+    text = _DELIMITERS_RE.sub("", text).rstrip(".")
+    text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    wrapped = _TEXT_WRAPPER_RE.fullmatch(text)
+    if wrapped:
+        text = wrapped.group(1)
+    if _ASSIGNMENT_RE.match(text):
+        text = text[2:]
+    if _THOUSANDS_RE.fullmatch(text):
+        text = text.replace(",", "")
+    return text
+
+
+def parse_number(text: str) -> Fraction | None:
+    """Exact value of a plain number (integer, decimal, ``1e3``, ``a/b``, ``\\frac{a}{b}``) or None.
+
+    Runs on :func:`normalize_answer` output. Exact rationals, so ``0.5 == 1/2`` and
+    ``0.333 != 1/3``; exponents are limited to 4 digits so ``1e999999999`` cannot hang.
+    """
+    if not text or len(text) > _MAX_NUMBER_CHARS:
+        return None
+    try:
+        if _DECIMAL_RE.fullmatch(text):
+            return Fraction(text)
+        match = _SLASH_FRACTION_RE.fullmatch(text)
+        if match:
+            return Fraction(int(match[1]), int(match[2]))
+        match = _TEX_FRACTION_RE.fullmatch(text)
+        if match:
+            value = Fraction(int(match[2]), int(match[3]))
+            return -value if match[1] == "-" else value
+    except (ValueError, ZeroDivisionError):
+        return None
+    return None
+
+
+def _exact_match(gold: str, pred: str) -> bool:
+    gold_n, pred_n = normalize_answer(gold), normalize_answer(pred)
+    if not pred_n:
+        return False
+    gold_v, pred_v = parse_number(gold_n), parse_number(pred_n)
+    if gold_v is not None and pred_v is not None:
+        return gold_v == pred_v
+    return gold_n == pred_n
+
+
+def exact_match_reward(
+    completions: Sequence[str],
+    answer: Sequence[object] | None = None,
+    require_answer_tag: bool = True,
+    **kwargs: object,
+) -> list[float]:
+    """1.0 when the final answer equals the gold answer after normalisation, else 0.0.
+
+    The final answer is the last ``<answer>`` content, then the ``\\boxed{}`` inside it if any
+    (R1 §2.2). Both sides go through :func:`normalize_answer`; when both parse as plain numbers
+    (:func:`parse_number`) they are compared as exact rationals (``85`` == ``85.0`` == ``170/2``),
+    otherwise as strings (case-sensitive).
+
+    Args:
+        completions: model outputs.
+        answer: dataset column, one gold answer per completion (``str`` or number; ``None``
+            scores 0.0).
+        require_answer_tag: without an ``<answer>`` block score 0.0 (default); if False, grade
+            the text after ``</think>`` instead.
+        **kwargs: other dataset columns, ignored.
+    """
+    if not isinstance(require_answer_tag, bool):
+        raise RewardConfigError(
+            f"require_answer_tag must be true or false, got {require_answer_tag!r}"
+        )
+    golds = _check_answer_column(answer, len(completions), "exact_match")
+    scores = []
+    for completion, gold in zip(completions, golds):
+        pred, gold_s = _final_answer(completion, require_answer_tag), _gold_text(gold)
+        scores.append(
+            1.0 if pred is not None and gold_s is not None and _exact_match(gold_s, pred) else 0.0
+        )
+    return scores
+
+
+# --------------------------------------------------------------------------- math-verify: worker
+
+_DELIMITED_RE = re.compile(r"\$|\\\(|\\\[|\\boxed|\\fbox")
+
+
+def _parse_candidates(text: str) -> list[str]:
+    """Strings to hand to ``math_verify.parse``, best first.
+
+    math-verify only reads LaTeX inside delimiters: bare ``\\sqrt{8}`` parses to nothing and bare
+    ``2\\sqrt{2}`` silently to ``2``. So a boxed answer is wrapped as ``$...$``, text with
+    delimiters is passed as is, and bare text is tried wrapped first, then raw.
+    """
+    boxed = extract_boxed(text)
+    if boxed is not None:
+        return [f"${boxed}$"]
+    if _DELIMITED_RE.search(text):
+        return [text]
+    return [f"${text}$", text]
+
+
+def _mv_parse(text: str, inner_timeout: int) -> list:
+    from math_verify import parse
+
+    for candidate in _parse_candidates(text):
+        parsed = parse(candidate, parsing_timeout=inner_timeout)
+        if parsed:
+            return parsed
+    return []
+
+
+@functools.lru_cache(maxsize=4096)
+def _mv_parse_gold(gold: str, inner_timeout: int) -> list:
+    # A group's G completions share one gold answer: parse it once per worker.
+    return _mv_parse(gold, inner_timeout)
+
+
+def _mv_check(gold: str, pred: str, inner_timeout: int) -> float:
+    """One math-verify comparison; 0.0 on anything unexpected. Runs in a pool worker."""
+    from math_verify import verify
+    from math_verify.errors import TimeoutException
+
+    try:
+        gold_parsed = _mv_parse_gold(gold, inner_timeout)
+        if not gold_parsed:
+            return 0.0
+        pred_parsed = _mv_parse(pred, inner_timeout)
+        if not pred_parsed:
+            return 0.0
+        return 1.0 if verify(gold_parsed, pred_parsed, timeout_seconds=inner_timeout) else 0.0
+    except (Exception, TimeoutException):
+        return 0.0
+
+
+def _inner_timeout(timeout_s: float) -> int:
+    # signal.alarm takes whole seconds (a float raises TypeError deep in math-verify). A third of
+    # the wall-clock budget per parse / verify leaves room for the three steps of one item.
+    return max(1, int(timeout_s // 3))
+
+
+def _worker_init(barrier: Any) -> None:
+    # Timeouts are expected here; math-verify logs each one with the whole expression.
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    import math_verify  # noqa: F401  (pay the sympy import before the first timed item)
+
+    barrier.wait(timeout=_STARTUP_TIMEOUT_S)
+
+
+def _worker_ready() -> int:
+    return os.getpid()
+
+
+# --------------------------------------------------------------------------- the process pool
+
+_POOL_LOCK = threading.RLock()
+_pool: ProcessPoolExecutor | None = None
+_pool_key: tuple[int, str] | None = None
+_warned_thread_fallback = False
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _default_workers() -> int:
+    return max(1, min(4, _cpu_count()))
+
+
+def _kill_pool() -> None:
+    """Kill the workers outright (a hung one would never read a shutdown sentinel)."""
+    global _pool, _pool_key
+    pool, _pool, _pool_key = _pool, None, None
+    if pool is None:
+        return
+    processes = list(getattr(pool, "_processes", {}).values())
+    kill_workers = getattr(pool, "kill_workers", None)  # Python >= 3.14
+    if kill_workers is not None:
+        kill_workers()
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.join(timeout=5)
+
+
+def shutdown_pool() -> None:
+    """Stop the math-verify worker processes (they are restarted lazily on the next call)."""
+    with _POOL_LOCK:
+        _kill_pool()
+
+
+def _get_pool(workers: int, mp_context: str) -> ProcessPoolExecutor:
+    global _pool, _pool_key
+    if _pool is not None and _pool_key != (workers, mp_context):
+        _kill_pool()
+    if _pool is None:
+        ctx = multiprocessing.get_context(mp_context)
+        # The barrier holds every worker until all have imported math-verify, so once a warm-up
+        # task returns, no item's clock will include a worker's start-up.
+        barrier = ctx.Barrier(workers)
+        pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(barrier,)
+        )
+        _pool, _pool_key = pool, (workers, mp_context)
+        try:
+            warm = [pool.submit(_worker_ready) for _ in range(workers)]
+            for future in warm:
+                future.result(timeout=_STARTUP_TIMEOUT_S)
+        except BaseException:
+            _kill_pool()
+            raise
+    return _pool
+
+
+def warmup_pool(workers: int | None = None, mp_context: str = "spawn") -> None:
+    """Start the worker pool now (imports take a few seconds) instead of on the first batch."""
+    with _POOL_LOCK:
+        _get_pool(_default_workers() if workers is None else workers, mp_context)
+
+
+def _run_in_pool(
+    fn: Callable[..., Any],
+    arg_tuples: Sequence[tuple],
+    *,
+    timeout_s: float,
+    workers: int,
+    mp_context: str = "spawn",
+    default: Any = 0.0,
+) -> list[Any]:
+    """``[fn(*args) for args in arg_tuples]`` in the pool; an item that fails or runs longer than
+    ``timeout_s`` seconds (wall clock, measured from dispatch) gives ``default``.
+
+    At most ``workers`` items are in flight, one per worker, so dispatch time is start time.
+    """
+    results: list[Any] = [default] * len(arg_tuples)
+    pending = deque(range(len(arg_tuples)))
+    restarts = 0
+    with _POOL_LOCK:
+        while pending:
+            if restarts > _MAX_RESTARTS_PER_CALL:
+                log.warning(
+                    "math-verify pool restarted %d times in one call; scoring the %d remaining "
+                    "items 0.0",
+                    restarts - 1,
+                    len(pending),
+                )
+                break
+            inflight: dict[Future, tuple[int, float]] = {}
+            try:
+                pool = _get_pool(workers, mp_context)
+            except Exception as exc:  # could not start: the next call tries again
+                log.warning(
+                    "could not start the math-verify pool (%s: %s); scoring %d item(s) 0.0",
+                    type(exc).__name__,
+                    exc,
+                    len(pending),
+                )
+                break
+            try:
+                while pending or inflight:
+                    while pending and len(inflight) < workers:
+                        i = pending.popleft()
+                        inflight[pool.submit(fn, *arg_tuples[i])] = (i, time.monotonic())
+                    first_deadline = min(t0 for _, t0 in inflight.values()) + timeout_s
+                    done, _ = wait(
+                        list(inflight),
+                        timeout=max(0.0, first_deadline - time.monotonic()),
+                        return_when=FIRST_COMPLETED,
+                    )
+                    for future in done:
+                        i, _ = inflight.pop(future)
+                        exc = future.exception()
+                        if isinstance(exc, BrokenProcessPool):
+                            raise exc  # the whole pool is gone: handled below
+                        results[i] = default if exc is not None else future.result()
+                    now = time.monotonic()
+                    expired = [f for f, (_, t0) in inflight.items() if now - t0 >= timeout_s]
+                    if expired:
+                        for future in expired:
+                            inflight.pop(future)  # results[i] stays `default`
+                        # Innocent items in flight are re-run on the fresh pool.
+                        pending.extendleft(i for i, _ in inflight.values())
+                        inflight.clear()
+                        log.warning(
+                            "math-verify check exceeded %.1fs (%d item(s)); restarting its pool",
+                            timeout_s,
+                            len(expired),
+                        )
+                        _kill_pool()
+                        restarts += 1
+                        break
+            except Exception as exc:  # a worker died (segfault, OOM kill)
+                log.warning(
+                    "math-verify pool failed (%s: %s); its items in flight score 0.0",
+                    type(exc).__name__,
+                    exc,
+                )
+                _kill_pool()
+                restarts += 1
+    return results
+
+
+def _check_options(
+    timeout_s: object,
+    workers: object,
+    mp_context: object,
+    require_answer_tag: object,
+    max_answer_chars: object,
+) -> None:
+    """Raise configuration errors on the first call, whether or not math-verify is needed."""
+
+    def is_int(x: object) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    if not (isinstance(timeout_s, (int, float)) and not isinstance(timeout_s, bool)) or not (
+        timeout_s > 0
+    ):
+        raise RewardConfigError(
+            f"timeout_s must be a positive number of seconds, got {timeout_s!r}"
+        )
+    if workers is not None and not (is_int(workers) and workers >= 0):
+        raise RewardConfigError(
+            f"workers must be None (auto), 0 (in-process) or a positive int, got {workers!r}"
+        )
+    if mp_context not in multiprocessing.get_all_start_methods():
+        raise RewardConfigError(
+            f"mp_context must be one of {multiprocessing.get_all_start_methods()}, "
+            f"got {mp_context!r}"
+        )
+    if not isinstance(require_answer_tag, bool):
+        raise RewardConfigError(
+            f"require_answer_tag must be true or false, got {require_answer_tag!r}"
+        )
+    if not (is_int(max_answer_chars) and max_answer_chars > 0):
+        raise RewardConfigError(
+            f"max_answer_chars must be a positive int, got {max_answer_chars!r}"
+        )
+
+
+def _check_pairs(
+    pairs: Sequence[tuple[str, str]],
+    *,
+    timeout_s: float,
+    workers: int | None,
+    mp_context: str,
+) -> list[float]:
+    """math-verify every ``(gold, pred)``: in the pool, or in-process for ``workers=0``."""
+    global _warned_thread_fallback
+    if not pairs:
+        return []
+    inner = _inner_timeout(timeout_s)
+    if workers == 0:
+        if threading.current_thread() is threading.main_thread():
+            return [_mv_check(gold, pred, inner) for gold, pred in pairs]
+        if not _warned_thread_fallback:
+            log.warning(
+                "math_verify workers=0 needs the main thread (math-verify uses signal.alarm); "
+                "called from thread %r, so using the process pool instead",
+                threading.current_thread().name,
+            )
+            _warned_thread_fallback = True
+        workers = None
+    n_workers = _default_workers() if workers is None else workers
+    args = [(gold, pred, inner) for gold, pred in pairs]
+    return [
+        float(r)
+        for r in _run_in_pool(
+            _mv_check,
+            args,
+            timeout_s=timeout_s,
+            workers=n_workers,
+            mp_context=mp_context,
+            default=0.0,
+        )
+    ]
+
+
+# --------------------------------------------------------------------------- math-verify rewards
+
+
+def math_verify_reward(
+    completions: Sequence[str],
+    answer: Sequence[object] | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    workers: int | None = None,
+    mp_context: str = "spawn",
+    require_answer_tag: bool = True,
+    max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS,
+    **kwargs: object,
+) -> list[float]:
+    """1.0 when math-verify finds the final answer equivalent to the gold answer, else 0.0.
+
+    Gold answers may come with or without ``$...$`` / ``\\boxed{}``; bare LaTeX is wrapped in
+    ``$...$`` before parsing (math-verify ignores undelimited LaTeX). The prediction is the last
+    ``<answer>`` content (its ``\\boxed{}`` if any).
+
+    Args:
+        completions: model outputs.
+        answer: dataset column, one gold answer per completion.
+        timeout_s: wall-clock limit per item, seconds; slower items score 0.0.
+        workers: pool size; ``None`` = ``min(4, CPUs)``; ``0`` = check in-process when called
+            from the main thread (from another thread the pool is used, with a warning).
+        mp_context: multiprocessing start method for the pool ("spawn" or "forkserver"; "fork"
+            is unsafe next to torch's threads).
+        require_answer_tag: see :func:`exact_match_reward`.
+        max_answer_chars: longer final answers score 0.0 without being parsed.
+        **kwargs: other dataset columns, ignored.
+    """
+    _check_options(timeout_s, workers, mp_context, require_answer_tag, max_answer_chars)
+    golds = _check_answer_column(answer, len(completions), "math_verify")
+    scores = [0.0] * len(completions)
+    todo: list[int] = []
+    pairs: list[tuple[str, str]] = []
+    for i, (completion, gold) in enumerate(zip(completions, golds)):
+        pred, gold_s = _final_answer(completion, require_answer_tag), _gold_text(gold)
+        if pred is None or gold_s is None or len(pred) > max_answer_chars:
+            continue
+        todo.append(i)
+        pairs.append((gold_s, pred))
+    for i, score in zip(
+        todo, _check_pairs(pairs, timeout_s=timeout_s, workers=workers, mp_context=mp_context)
+    ):
+        scores[i] = score
+    return scores
+
+
+def accuracy_reward(
+    completions: Sequence[str],
+    answer: Sequence[object] | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    workers: int | None = None,
+    mp_context: str = "spawn",
+    require_answer_tag: bool = True,
+    max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS,
+    **kwargs: object,
+) -> list[float]:
+    """R1-Zero accuracy reward (§2.2): exact match first, math-verify for non-numeric golds.
+
+    1. :func:`exact_match_reward`'s test; a match scores 1.0 with no process pool involved.
+    2. If the gold answer is a plain number (``85``, ``-0.5``, ``3/4``, ``1,000``), exact match
+       is final. A numeric answer is only right when it *is* that number; handing it to
+       math-verify would also accept any expression of equal value, and the cheapest such
+       expression is often the question itself ("Compute 23+45+17." -> ``23+45+17``), a reward
+       hack a policy finds quickly on arithmetic tasks. It also keeps GSM8K/AIME-style data off
+       the pool entirely.
+    3. Otherwise (expressions, intervals, sets, ``\\frac{\\sqrt{3}}{2}``, ...) math-verify decides.
+
+    Arguments are those of :func:`math_verify_reward`.
+    """
+    _check_options(timeout_s, workers, mp_context, require_answer_tag, max_answer_chars)
+    golds = _check_answer_column(answer, len(completions), "accuracy")
+    scores = [0.0] * len(completions)
+    todo: list[int] = []
+    pairs: list[tuple[str, str]] = []
+    for i, (completion, gold) in enumerate(zip(completions, golds)):
+        pred, gold_s = _final_answer(completion, require_answer_tag), _gold_text(gold)
+        if pred is None or gold_s is None:
+            continue
+        if _exact_match(gold_s, pred):
+            scores[i] = 1.0
+        elif parse_number(normalize_answer(gold_s)) is None and len(pred) <= max_answer_chars:
+            todo.append(i)
+            pairs.append((gold_s, pred))
+    for i, score in zip(
+        todo, _check_pairs(pairs, timeout_s=timeout_s, workers=workers, mp_context=mp_context)
+    ):
+        scores[i] = score
+    return scores

@@ -1,0 +1,109 @@
+"""Pull the pieces of an R1-Zero completion apart: ``<think>``, ``<answer>`` and ``\\boxed{}``.
+
+DeepSeek-R1 §2.2 (R1-Zero template): the model reasons inside ``<think> ... </think>`` and then
+gives its final answer inside ``<answer> ... </answer>``; math answers are asked for "in a
+specified format (e.g., within a box)", i.e. ``\\boxed{...}`` inside the answer.
+
+Every function here takes arbitrary model output and never raises on it: a missing or malformed
+piece is ``None``. All of them run in time linear in the input (no nested rescans), so a
+100k-character completion full of unclosed tags costs milliseconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["extract_answer", "extract_boxed", "extract_think", "as_text"]
+
+# The tempered token ``(?:(?!<answer>).)`` stops a match from swallowing a later ``<answer>``,
+# so "<answer>1<answer>2</answer>" yields "2" (the innermost well-formed block) and a run of
+# unclosed ``<answer>`` tags is scanned once, not once per tag.
+_ANSWER_RE = re.compile(r"<answer>((?:(?!<answer>).)*?)</answer>", re.DOTALL)
+_THINK_RE = re.compile(r"<think>((?:(?!<think>).)*?)</think>", re.DOTALL)
+# Box openers, escaped braces (``\{`` ``\}`` are literal braces in LaTeX, not grouping), escaped
+# backslashes (so ``\\{`` is a line break followed by a real group) and bare braces.
+_BRACE_TOKENS_RE = re.compile(r"\\(?:boxed|fbox)\s*\{|\\\\|\\[{}]|[{}]")
+
+
+def as_text(completion: object) -> str:
+    """Coerce one completion to text; garbage (``None``, numbers, ...) becomes a string, no error.
+
+    Accepts the conversational form some rollouts produce (a list of ``{"role", "content"}``
+    messages, or one such dict): the content of the last message is the completion.
+    """
+    if isinstance(completion, str):
+        return completion
+    if completion is None:
+        return ""
+    if isinstance(completion, dict):
+        return as_text(completion.get("content", ""))
+    if isinstance(completion, (list, tuple)):
+        return as_text(completion[-1]) if completion else ""
+    try:
+        return str(completion)
+    except Exception:  # a hostile __str__ is still garbage in, not a crash
+        return ""
+
+
+def extract_answer(text: str) -> str | None:
+    """Content of the LAST well-formed ``<answer>...</answer>`` block, stripped; else ``None``.
+
+    "Well-formed" means an opening tag followed by a closing tag with no other opening tag in
+    between. The content may be ``""`` (an empty answer block); callers treat that as wrong.
+    """
+    if not isinstance(text, str) or "</answer>" not in text:
+        return None
+    matches = _ANSWER_RE.findall(text)
+    return matches[-1].strip() if matches else None
+
+
+def extract_think(text: str) -> str | None:
+    """Content of the FIRST well-formed ``<think>...</think>`` block, stripped; else ``None``.
+
+    When the text has a ``</think>`` but no ``<think>`` before it, the prompt ended with the
+    opening tag (a common R1 template variant) and everything before the first ``</think>`` is the
+    reasoning.
+    """
+    if not isinstance(text, str):
+        return None
+    close = text.find("</think>")
+    if close < 0:
+        return None
+    match = _THINK_RE.search(text)
+    if match is not None:
+        return match.group(1).strip()
+    if "<think>" not in text[:close]:
+        return text[:close].strip()
+    return None
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` whose braces balance, else ``None``.
+
+    Nested braces are honoured (``\\boxed{\\frac{1}{2}}`` -> ``\\frac{1}{2}``), escaped braces are
+    literal (``\\boxed{\\{1,2\\}}`` -> ``\\{1,2\\}``). A box left open (a truncated completion)
+    is skipped in favour of an earlier closed one. "Last" is the box that closes last, so for
+    nested boxes the outer one wins. The brace-less form ``\\boxed 5`` is not recognised.
+    """
+    if not isinstance(text, str) or ("\\boxed" not in text and "\\fbox" not in text):
+        return None
+    # One pass over brace tokens only. ``stack`` holds, per open group, the content start of a
+    # box (or None for a plain group), so the work is linear in the number of braces.
+    stack: list[int | None] = []
+    best: tuple[int, int] | None = None
+    for tok in _BRACE_TOKENS_RE.finditer(text):
+        s = tok.group()
+        if s == "{":
+            stack.append(None)
+        elif s == "}":
+            if not stack:
+                continue  # stray closer: ignore, keep scanning
+            start = stack.pop()
+            if start is not None and (best is None or tok.start() >= best[1]):
+                best = (start, tok.start())
+        elif s.startswith(("\\boxed", "\\fbox")):
+            stack.append(tok.end())
+        # escaped braces and "\\" carry no structure
+    if best is None:
+        return None
+    return text[best[0] : best[1]].strip()

@@ -122,6 +122,66 @@ def _head_logprobs(hidden: Tensor, targets: Tensor, weight: Tensor, bias: Option
     return logp, entropy
 
 
+def causal_lm_token_logprobs(
+    lm: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Optional[Tensor] = None,
+    logits_to_keep: Optional[int] = None,
+    temperature: float = 1.0,
+    position_ids: Optional[Tensor] = None,
+    loss_mask: Optional[Tensor] = None,
+    chunk_tokens: int = 1024,
+) -> tuple[Tensor, Tensor]:
+    """Log-probs and entropies of the last ``logits_to_keep`` tokens given everything before them.
+
+    ``lm`` is a transformers ``*ForCausalLM`` (the policy's, or a frozen reference copy).
+    input_ids (B, T); attention_mask (B, T) (left and/or right padding, 1 = real token);
+    returns logp (B, K) and entropy (B, K) with K = logits_to_keep (default T - 1), where
+    logp[b, k] = log pi(input_ids[b, T-K+k] | input_ids[b, :T-K+k]) at ``temperature``.
+    Positions where ``loss_mask`` (B, K) is 0 are not computed (0 is returned there).
+    With packed rows pass ``position_ids`` that restart at 0 per sequence and no attention_mask.
+    The LM head is applied ``chunk_tokens`` tokens at a time under activation checkpointing, so the
+    fp32 logits of the whole batch never exist at once.
+    """
+    bsz, seqlen = input_ids.shape
+    k = seqlen - 1 if logits_to_keep is None else int(logits_to_keep)
+    if not 0 < k < seqlen:
+        raise ValueError(f"logits_to_keep must be in [1, {seqlen - 1}], got {k}")
+    if position_ids is None and attention_mask is not None:
+        position_ids = position_ids_from_mask(attention_mask)
+    out = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    hidden = out.last_hidden_state[:, seqlen - k - 1 : seqlen - 1]  # (B, K, H) predicts tokens T-K..T-1
+    targets = input_ids[:, seqlen - k :]  # (B, K)
+    if loss_mask is not None:
+        keep = loss_mask.bool()
+    elif attention_mask is not None:
+        keep = attention_mask[:, seqlen - k :].bool()
+    else:
+        keep = torch.ones_like(targets, dtype=torch.bool)
+    flat_h = hidden[keep]  # (N, H)
+    flat_t = targets[keep]  # (N,)
+    head = lm.get_output_embeddings()
+    weight, bias = head.weight, getattr(head, "bias", None)
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
+    scale = getattr(lm.config, "logit_scale", None)
+    chunk = max(1, int(chunk_tokens))
+    lps, ents = [], []
+    for start in range(0, flat_h.shape[0], chunk):
+        h, t = flat_h[start : start + chunk], flat_t[start : start + chunk]
+        if torch.is_grad_enabled() and h.requires_grad:
+            lp, ent = checkpoint(_head_logprobs, h, t, weight, bias, temperature, softcap, scale, use_reentrant=False)
+        else:
+            lp, ent = _head_logprobs(h, t, weight, bias, temperature, softcap, scale)
+        lps.append(lp)
+        ents.append(ent)
+    logp = hidden.new_zeros(bsz, k, dtype=torch.float32)
+    entropy = torch.zeros_like(logp)
+    if lps:
+        logp = logp.masked_scatter(keep, torch.cat(lps))
+        entropy = entropy.masked_scatter(keep, torch.cat(ents).detach())
+    return logp, entropy
+
+
 class Policy(nn.Module):
     """HF causal LM + tokenizer. Call :meth:`build` (idempotent) before use; modules do it in
     ``configure_model`` so FSDP/DeepSpeed can wrap the model after it exists."""
@@ -158,11 +218,12 @@ class Policy(nn.Module):
 
             tok = build_tiny_tokenizer(vocab_size=(cfg.tiny or TinyModelSettings()).vocab_size)
         else:
-            path = resolve_path(src)
-            if not path.exists() and cfg.local_files_only:
-                raise FileNotFoundError(
-                    f"tokenizer folder {src!r} does not exist (policy.tokenizer_name_or_path / model_name_or_path)"
-                )
+            if cfg.tokenizer_name_or_path is None:
+                path = self._source()  # names model_name_or_path in its error
+            else:
+                path = resolve_path(src)
+                if not path.exists() and cfg.local_files_only:
+                    raise FileNotFoundError(f"policy.tokenizer_name_or_path={src!r} is not a local folder")
             tok = AutoTokenizer.from_pretrained(
                 str(path), trust_remote_code=cfg.trust_remote_code, local_files_only=cfg.local_files_only
             )
@@ -250,54 +311,11 @@ class Policy(nn.Module):
         position_ids: Optional[Tensor] = None,
         loss_mask: Optional[Tensor] = None,
     ) -> tuple[Tensor, Tensor]:
-        """Log-probs and entropies of the last ``logits_to_keep`` tokens given everything before them.
-
-        input_ids (B, T); attention_mask (B, T) (left and/or right padding, 1 = real token);
-        returns logp (B, K) and entropy (B, K) with K = logits_to_keep (default T - 1), where
-        logp[b, k] = log pi(input_ids[b, T-K+k] | input_ids[b, :T-K+k]) at ``temperature``.
-        Positions where ``loss_mask`` (B, K) is 0 are not computed (0 is returned there).
-        With packed rows pass ``position_ids`` that restart at 0 per sequence and no attention_mask.
-        """
-        bsz, seqlen = input_ids.shape
-        k = seqlen - 1 if logits_to_keep is None else int(logits_to_keep)
-        if not 0 < k < seqlen:
-            raise ValueError(f"logits_to_keep must be in [1, {seqlen - 1}], got {k}")
-        lm = self.base_causal_lm()
-        if position_ids is None and attention_mask is not None:
-            position_ids = position_ids_from_mask(attention_mask)
-        decoder = lm.get_decoder()
-        out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-        hidden = out.last_hidden_state[:, seqlen - k - 1 : seqlen - 1]  # (B, K, H) predicts tokens T-K..T-1
-        targets = input_ids[:, seqlen - k :]  # (B, K)
-        if loss_mask is None:
-            keep = torch.ones_like(targets, dtype=torch.bool)
-            if attention_mask is not None:
-                keep = attention_mask[:, seqlen - k :].bool()
-        else:
-            keep = loss_mask.bool()
-        flat_h = hidden[keep]  # (N, H)
-        flat_t = targets[keep]  # (N,)
-        head = lm.get_output_embeddings()
-        weight, bias = head.weight, getattr(head, "bias", None)
-        softcap = getattr(lm.config, "final_logit_softcapping", None)
-        scale = getattr(lm.config, "logit_scale", None)
-        chunk = max(1, int(self.config.logprob_chunk_tokens))
-        lps, ents = [], []
-        for start in range(0, flat_h.shape[0], chunk):
-            h, t = flat_h[start : start + chunk], flat_t[start : start + chunk]
-            if torch.is_grad_enabled() and h.requires_grad:
-                lp, ent = checkpoint(_head_logprobs, h, t, weight, bias, temperature, softcap, scale,
-                                     use_reentrant=False)
-            else:
-                lp, ent = _head_logprobs(h, t, weight, bias, temperature, softcap, scale)
-            lps.append(lp)
-            ents.append(ent)
-        logp = hidden.new_zeros(bsz, k, dtype=torch.float32)
-        entropy = torch.zeros_like(logp)
-        if lps:
-            logp = logp.masked_scatter(keep, torch.cat(lps))
-            entropy = entropy.masked_scatter(keep, torch.cat(ents).detach())
-        return logp, entropy
+        """Per-token log-probs and entropies of this policy; see :func:`causal_lm_token_logprobs`."""
+        return causal_lm_token_logprobs(
+            self.base_causal_lm(), input_ids, attention_mask, logits_to_keep, temperature, position_ids, loss_mask,
+            self.config.logprob_chunk_tokens,
+        )
 
     # ------------------------------------------------------------------ export
     def merged_model(self) -> nn.Module:

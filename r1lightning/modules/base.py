@@ -134,18 +134,24 @@ class PolicyModule(pl.LightningModule):
             self._val_stats.setdefault(k, []).append(v)
         return stats
 
-    def log_sampled_eval(self, prefix: str = "val") -> None:
-        if self.eval_sampling is None:
-            return
+    def _collect_sampled_eval(self, prefix: str) -> dict[str, float]:
+        """pass@1, cons@n and sample statistics accumulated since the last call (then reset)."""
         n = self.eval_sampling.n
-        self.log(f"{prefix}/pass@1", self.val_pass1.compute(), prog_bar=True, sync_dist=False)
+        metrics = {f"{prefix}/pass@1": float(self.val_pass1.compute())}
         if n > 1:
-            self.log(f"{prefix}/cons@{n}", self.val_cons.compute(), sync_dist=False)
+            metrics[f"{prefix}/cons@{n}"] = float(self.val_cons.compute())
         for k, vals in self._val_stats.items():
-            self.log(f"{prefix}/{k}", sum(vals) / len(vals), sync_dist=True)
+            metrics[f"{prefix}/{k}"] = sum(vals) / len(vals)
         self.val_pass1.reset()
         self.val_cons.reset()
         self._val_stats = {}
+        return metrics
+
+    def log_sampled_eval(self, prefix: str = "val") -> None:
+        if self.eval_sampling is None or self.val_pass1.count == 0:
+            return
+        for k, v in self._collect_sampled_eval(prefix).items():
+            self.log(k, v, prog_bar=k.endswith("pass@1"))
 
     # ---------------------------------------------------------------- export
     def on_fit_end(self) -> None:

@@ -1,6 +1,7 @@
 """LightningModules. They share the policy backbone (:mod:`r1lightning.policy`) and stay thin."""
 
 from r1lightning.modules.base import PolicyModule
+from r1lightning.modules.grpo import GRPOModule, RolloutSettings
 from r1lightning.modules.sft import SFTModule
 
-__all__ = ["PolicyModule", "SFTModule"]
+__all__ = ["GRPOModule", "PolicyModule", "RolloutSettings", "SFTModule"]

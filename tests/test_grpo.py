@@ -1,0 +1,134 @@
+"""GRPOModule: helpers by hand, a real step on a tiny model, every metric logged, resume."""
+
+import glob
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import read_scalars
+
+from r1lightning.data import PromptDataModule
+from r1lightning.modules import GRPOModule
+from r1lightning.modules.grpo import build_sequences, micro_batches, overlong_penalty
+from r1lightning.policy import PolicyConfig, TinyModelSettings
+from r1lightning.rollout import SamplingSettings
+
+SMALL = TinyModelSettings(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
+def test_build_sequences_layout():
+    ids, attn, cmask = build_sequences([[5, 6], [7]], [[1, 2, 3], []], pad_id=0, device=torch.device("cpu"))
+    # prompts are left padded to 2, completions right padded to 3
+    assert ids.tolist() == [[5, 6, 1, 2, 3], [0, 7, 0, 0, 0]]
+    assert attn.tolist() == [[1, 1, 1, 1, 1], [0, 1, 0, 0, 0]]
+    assert cmask.tolist() == [[1, 1, 1], [0, 0, 0]]  # an empty completion has no loss tokens
+
+
+def test_micro_batches_respect_token_budget():
+    # budget 10: [4,4] -> 2 rows x 4 = 8 fits; adding 5 -> 3 x 5 = 15 > 10, new group; [5,1] -> 2 x 5 = 10 fits
+    assert micro_batches([4, 4, 5, 1], 10) == [[0, 1], [2, 3]]
+    assert micro_batches([20, 3], 10) == [[0], [1]]  # a row longer than the budget stands alone
+    assert micro_batches([], 10) == []
+
+
+def test_overlong_penalty_by_hand():
+    # max 100, buffer 20: no penalty up to 80; 90 -> -(10/20) * 0.5 = -0.25; 100 -> -0.5
+    assert overlong_penalty([80, 90, 100], 100, 20, 0.5) == [0.0, -0.25, -0.5]
+    assert overlong_penalty([100], 100, 0, 1.0) == [0.0]
+
+
+def digit_reward(completions, **kw):
+    """Share of digit characters: varies within a group, so advantages are non-zero."""
+    return [sum(c.isdigit() for c in t) / max(1, len(t)) for t in completions]
+
+
+torch.serialization.add_safe_globals([digit_reward])  # the checkpoint's hparams name this test reward
+
+
+def make(tiny_tokenizer, beta=0.001, **kw):
+    module = GRPOModule(
+        policy=PolicyConfig(tiny=SMALL), rewards=[digit_reward, "format"],
+        sampling=SamplingSettings(n=4, max_new_tokens=8, seed=kw.pop("seed", 1)), beta=beta, lr=1e-2,
+        eval_sampling=SamplingSettings(n=2, max_new_tokens=8, temperature=1.0), export_dir="none", **kw,
+    )
+    module.policy.tokenizer = tiny_tokenizer
+    dm = PromptDataModule(train_data="synthetic:arithmetic?n=64&split=train", val_data="synthetic:arithmetic?n=4&split=test",
+                          batch_size=2, tokenizer=tiny_tokenizer)
+    return module, dm
+
+
+def trainer(tmp_path, max_steps, **kw):
+    return pl.Trainer(accelerator="cpu", max_steps=max_steps, default_root_dir=tmp_path, log_every_n_steps=1,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      limit_val_batches=0, **kw)
+
+
+EXPECTED = [
+    "reward", "reward_std", "frac_reward_zero_std", "completion_length/mean", "completion_length/min",
+    "completion_length/max", "truncated_ratio", "kl", "clip_ratio/low", "clip_ratio/high", "clip_ratio/region",
+    "entropy", "policy_loss", "loss", "grad_norm", "lr", "tokens_per_s", "time/rollout", "time/reward",
+    "time/train", "format_rate", "rewards/digit_reward/mean", "rewards/digit_reward/std", "rewards/format/mean",
+]
+
+
+def test_grpo_step_updates_parameters_and_logs_everything(tiny_tokenizer, tmp_path):
+    module, dm = make(tiny_tokenizer, num_minibatches=2, mu=2)
+    module.configure_model()
+    before = {n: p.detach().clone() for n, p in module.policy.model.named_parameters()}
+    ref_before = {n: p.detach().clone() for n, p in module.ref_model.named_parameters()}
+    t = trainer(tmp_path, max_steps=4)  # 1 rollout step = mu * num_minibatches = 4 optimizer steps
+    t.fit(module, dm)
+    assert t.global_step == 4
+    changed = [n for n, p in module.policy.model.named_parameters() if not torch.equal(p, before[n])]
+    assert len(changed) == len(before)
+    for n, p in module.ref_model.named_parameters():  # the reference stays frozen
+        assert torch.equal(p, ref_before[n])
+    logged = set(t.logged_metrics)
+    missing = [k for k in EXPECTED if f"train/{k}" not in logged]
+    assert not missing, missing
+    assert t.logged_metrics["train/kl"] > 0  # mu=2: the policy moved away from the reference
+    scalars = read_scalars(tmp_path)
+    # the held-out evaluation runs before the first optimizer step and again at the end
+    assert [step for step, _ in scalars["val/pass@1"]] == [0, 4]
+    assert all(k in scalars for k in ("val/cons@2", "val/format_rate", "val/completion_length"))
+
+
+def test_beta_zero_builds_no_reference(tiny_tokenizer):
+    module, _ = make(tiny_tokenizer, beta=0.0)
+    module.configure_model()
+    assert module.ref_model is None
+    assert not any(n.startswith("ref_model") for n, _ in module.named_parameters())
+
+
+def test_resume_continues_step_optimizer_reference_and_data(tiny_tokenizer, tmp_path):
+    seen = {}
+
+    class Record(pl.Callback):
+        def __init__(self, key):
+            self.key = key
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            seen.setdefault(self.key, []).append(batch["prompt_text"])
+
+    # uninterrupted: 4 steps
+    full, dm = make(tiny_tokenizer, ref_refresh_steps=2)
+    trainer(tmp_path / "full", 4, callbacks=[Record("full")], enable_checkpointing=False).fit(full, dm)
+
+    # interrupted after 2 steps, resumed to 4
+    part, dm = make(tiny_tokenizer, ref_refresh_steps=2)
+    ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    trainer(tmp_path / "a", 2, callbacks=[Record("a"), ckpt_cb]).fit(part, dm)
+    ckpt = sorted(glob.glob(str(tmp_path / "ckpt" / "*.ckpt")))[-1]
+    resumed, dm = make(tiny_tokenizer, ref_refresh_steps=2)
+    t = trainer(tmp_path / "b", 4, callbacks=[Record("b")], enable_checkpointing=False)
+    t.fit(resumed, dm, ckpt_path=ckpt)
+
+    assert t.global_step == 4
+    assert seen["a"] + seen["b"] == seen["full"]  # data position restored: no batch repeated or skipped
+    opt_state = t.optimizers[0].state_dict()["state"]
+    assert all(int(s["step"]) == 4 for s in opt_state.values())  # AdamW moments continued, not restarted
+    # seeded rollouts + restored optimizer, reference and data: the resumed run ends where the full run ends
+    for (n, p), q in zip(full.policy.model.named_parameters(), resumed.policy.model.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=0, msg=n)
+    for p, q in zip(full.ref_model.parameters(), resumed.ref_model.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=0)

@@ -1,0 +1,24 @@
+"""Lightning callbacks for R1-style training: the paper's emergent behaviours, measured, and its length schedule.
+
+* :class:`LanguageConsistencyTracker`: target-language fraction of each CoT, language-mixing rate (R1 §2.3).
+* :class:`ReflectiveTokenStats`: reflective words ("wait", "verify", ...) per 1,000 tokens (the "aha moment").
+* :class:`GenerationLengthScheduler`: step-indexed ``max_new_tokens`` (R1: 32,768 -> 65,536 at step 8,200).
+
+Ready-made sets for the command line live in the top-level ``callbacks/`` folder::
+
+    python -m r1lightning fit --config configs/r1.yaml --trainer.callbacks callbacks/r1_monitoring.yaml
+"""
+
+from r1lightning.callbacks.language import LanguageConsistencyTracker
+from r1lightning.callbacks.length_schedule import GenerationLengthScheduler
+from r1lightning.callbacks.reflection import DEFAULT_REFLECTIVE_WORDS, ReflectiveTokenStats, ReflectiveWordCounter
+from r1lightning.callbacks.rollout_stats import RolloutStatsCallback
+
+__all__ = [
+    "DEFAULT_REFLECTIVE_WORDS",
+    "GenerationLengthScheduler",
+    "LanguageConsistencyTracker",
+    "ReflectiveTokenStats",
+    "ReflectiveWordCounter",
+    "RolloutStatsCallback",
+]

@@ -220,3 +220,35 @@ def test_greedy_answer_is_coherent(loaded):
     reply = tok.decode(out[0, ids.shape[1]:])
     # measured: "2 + 3 = 5<|im_end|>"
     assert "5" in reply and reply.endswith("<|im_end|>"), reply
+
+
+@pytest.mark.slow
+def test_one_sft_step_through_the_policy_backbone(converted, tmp_path):
+    """The real model, its real tokenizer and chat template, through the same backbone, DataModule and
+    SFTModule as the tiny model: one optimizer step changes the weights and the loss is finite."""
+    import lightning.pytorch as pl
+    import torch
+
+    from r1lightning.data import SFTDataModule
+    from r1lightning.modules import SFTModule
+    from r1lightning.policy import PolicyConfig
+
+    rows = tmp_path / "sft.jsonl"
+    rows.write_text(json.dumps({"prompt": "What is 2+3?", "completion": "<think>2+3=5</think><answer>\\boxed{5}</answer>"}) + "\n")
+    module = SFTModule(policy=PolicyConfig(model_name_or_path=str(converted), pad_token="<|im_end|>"), lr=1e-4,
+                       export_dir="none")
+    dm = SFTDataModule(train_data=str(rows), template="chat", batch_size=1, max_length=256)
+    tok = module.policy.tokenizer
+    dm._tokenizer = tok
+    dm.setup("fit")
+    ex = dm.train_set[0]
+    target = tok.decode([t for t, m in zip(ex["input_ids"], ex["loss_mask"]) if m])
+    assert target == "<think>2+3=5</think><answer>\\boxed{5}</answer>" + tok.eos_token  # only the reply is learnt
+    assert "<|im_start|>assistant" in tok.decode(ex["input_ids"])  # the real ChatML template was applied
+    module.configure_model()
+    before = module.policy.model.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, dm)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert not torch.equal(before, module.policy.model.model.layers[0].self_attn.q_proj.weight)

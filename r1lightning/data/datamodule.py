@@ -17,7 +17,7 @@ from typing import Any, Iterator, Optional
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from r1lightning.data.sources import load_rows
 from r1lightning.data.templates import check_template, render_prompt
@@ -36,28 +36,25 @@ class ListDataset(Dataset):
         return self.items[i]
 
 
-class ResumableRandomSampler(Sampler[int]):
-    """A seeded permutation per epoch that can start part-way through (``skip`` samples)."""
+class ResumableRandomSampler(DistributedSampler):
+    """A seeded permutation per epoch, sharded by rank, that can start part-way through.
 
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
-        self.n, self.seed, self.shuffle = n, seed, shuffle
-        self.epoch = 0
+    ``skip`` counts *global* samples (all ranks) already consumed in the current epoch; each rank drops
+    its share of them. Being a ``DistributedSampler``, Lightning uses it as is under DDP instead of
+    wrapping it, so a resumed multi-rank run continues each rank's shard where it stopped.
+    """
+
+    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True):
+        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
         self.skip = 0
 
     def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        skip, self.skip = self.skip, 0  # only the first epoch after a resume is shortened
-        return iter(order[skip:])
+        indices = list(super().__iter__())  # this rank's shard of the epoch's permutation
+        skip, self.skip = self.skip // self.num_replicas, 0  # only the first epoch after a resume is shortened
+        return iter(indices[skip:])
 
-    def __len__(self) -> int:
-        return self.n - self.skip
-
-    def set_epoch(self, epoch: int) -> None:  # called by Lightning at every epoch start
-        self.epoch = epoch
+    # __len__ stays the full shard even while a skip is pending: Lightning reads it once per fit
+    # (num_training_batches) and keeps it for later epochs; the shortened first epoch still ends on time.
 
 
 def require_columns(rows: list[dict], columns: dict[str, Optional[str]], source: str) -> None:
@@ -118,17 +115,18 @@ class _RowsDataModule(pl.LightningDataModule):
         check_template(self.template, self.tokenizer)
         if self.train_set is None and self.train_data is not None and stage == "fit":
             self.train_set = ListDataset(self._prepare(load_rows(self.train_data), self.train_data, True))
-        if self.val_set is None and self.val_data is not None and stage in ("fit", "validate", "test"):
+        if self.val_set is None and self.val_data is not None and stage in ("fit", "validate", "test", "predict"):
             self.val_set = ListDataset(self._prepare(load_rows(self.val_data), self.val_data, False))
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             raise ValueError("no training data: set data.init_args.train_data")
-        self._sampler = ResumableRandomSampler(len(self.train_set), seed=self.seed)
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        self._sampler = ResumableRandomSampler(len(self.train_set), num_replicas=world, rank=rank, seed=self.seed)
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        self._sampler.epoch = epoch
+        self._sampler.set_epoch(epoch)
         if self._resume_epoch is not None and self._resume_epoch == epoch:
-            self._sampler.skip = min(self.consumed_batches * self.batch_size, len(self.train_set))
+            self._sampler.skip = min(self.consumed_batches * self.batch_size * world, len(self.train_set))
             self._count_epoch = epoch  # the restored count continues in this epoch
         else:
             self.consumed_batches = 0

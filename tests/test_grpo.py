@@ -5,7 +5,7 @@ import glob
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import read_scalars
+from r1l_testing import read_scalars
 
 from r1lightning.data import PromptDataModule
 from r1lightning.modules import GRPOModule

@@ -46,7 +46,7 @@ def test_logits_to_keep_and_loss_mask(tiny_policy):
     mask = torch.zeros_like(last4, dtype=torch.long)
     mask[0, 1] = 1
     only, _ = tiny_policy.token_logprobs(ids, attn, logits_to_keep=4, loss_mask=mask)
-    assert float(only[0, 1]) == pytest.approx(float(full[0, -3]), abs=1e-6)
+    assert float(only[0, 1].detach()) == pytest.approx(float(full[0, -3].detach()), abs=1e-6)
     assert torch.count_nonzero(only) == 1  # masked positions are not computed
     with pytest.raises(ValueError, match="logits_to_keep"):
         tiny_policy.token_logprobs(ids, attn, logits_to_keep=ids.shape[1])

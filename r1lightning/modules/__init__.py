@@ -1,7 +1,8 @@
 """LightningModules. They share the policy backbone (:mod:`r1lightning.policy`) and stay thin."""
 
 from r1lightning.modules.base import PolicyModule
+from r1lightning.modules.distill import DistillModule
 from r1lightning.modules.grpo import GRPOModule, RolloutSettings
 from r1lightning.modules.sft import SFTModule
 
-__all__ = ["GRPOModule", "PolicyModule", "RolloutSettings", "SFTModule"]
+__all__ = ["DistillModule", "GRPOModule", "PolicyModule", "RolloutSettings", "SFTModule"]

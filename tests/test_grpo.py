@@ -132,3 +132,79 @@ def test_resume_continues_step_optimizer_reference_and_data(tiny_tokenizer, tmp_
         torch.testing.assert_close(p, q, atol=1e-5, rtol=0, msg=n)
     for p, q in zip(full.ref_model.parameters(), resumed.ref_model.parameters()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=0)
+
+
+def half_constant_reward(completions, id, **kw):
+    """Prompts with an odd index score a constant (zero-variance group); the others score a value that
+    differs for any two different texts (a random policy's 4 samples are never identical)."""
+    import zlib
+
+    varied = [zlib.crc32(t.encode()) % 1000 / 1000 for t in completions]
+    return [0.5 if int(i.rsplit("-", 1)[1]) % 2 else v for i, v in zip(id, varied)]
+
+
+torch.serialization.add_safe_globals([half_constant_reward])
+
+
+@pytest.mark.parametrize("mode", ["off", "filter", "resample"])
+def test_dynamic_sampling_drops_zero_variance_groups(tiny_tokenizer, tmp_path, mode):
+    module, dm = make(tiny_tokenizer, dynamic_sampling=mode, max_resample_rounds=1)
+    module.reward = type(module.reward)([half_constant_reward])
+    dm.train_data = "synthetic:arithmetic?n=2&split=train"  # one batch: prompt 0 (varies) and prompt 1 (constant)
+    t = trainer(tmp_path, max_steps=1, enable_checkpointing=False)
+    t.fit(module, dm)
+    m = t.logged_metrics
+    assert float(m["train/frac_reward_zero_std"]) == pytest.approx(0.5)
+    # "off" trains on both groups (the constant one has zero advantage); the others drop it from the loss
+    assert float(m["train/kept_ratio"]) == pytest.approx(1.0 if mode == "off" else 0.5)
+    if mode == "resample":
+        assert float(m["train/resampled_groups"]) == 1.0  # the constant group was regenerated once
+
+
+class FixedEngine:
+    """A rollout engine with known completions: for each prompt, 2 cut at the limit and 2 that stopped."""
+
+    holds_weights = False
+
+    def __init__(self, tok, max_new_tokens):
+        self.tok, self.max_new_tokens = tok, max_new_tokens
+
+    def generate(self, prompt_ids, sampling):
+        from r1lightning.rollout import RolloutBatch
+
+        eos = self.tok.eos_token_id
+        ids, trunc = [], []
+        for _ in prompt_ids:
+            ids += [[7] * self.max_new_tokens, [8] * self.max_new_tokens, [9, 9, eos], [9, 10, 11, 12, 13, eos]]
+            trunc += [True, True, False, False]
+        return RolloutBatch(prompt_ids=list(prompt_ids), completion_ids=ids, texts=self.tok.batch_decode(ids),
+                            truncated=trunc, n=4, stats={"tokens_per_s": 1.0})
+
+    def update_weights(self, policy):
+        return {}
+
+
+def test_mask_truncated_and_overlong_penalty(tiny_tokenizer, tmp_path):
+    module, dm = make(tiny_tokenizer, mask_truncated=True, overlong_buffer=4, overlong_penalty_factor=1.0)
+    module.engine = FixedEngine(tiny_tokenizer, 8)
+    t = trainer(tmp_path, max_steps=1, enable_checkpointing=False)
+    t.fit(module, dm)
+    m = t.logged_metrics
+    assert float(m["train/truncated_ratio"]) == 0.5
+    assert float(m["train/kept_ratio"]) == 0.5  # the truncated half never enters the loss
+    # lengths 8, 8, 3, 6 with max 8 and buffer 4 (penalty from length 4): -1, -1, 0, -(6-4)/4 = -0.5
+    assert float(m["train/overlong_penalty"]) == pytest.approx((-1 - 1 + 0 - 0.5) / 4)
+
+
+def constant_reward(completions, **kw):
+    return [1.0] * len(completions)
+
+
+torch.serialization.add_safe_globals([constant_reward])
+
+
+def test_no_reward_variance_ever_stops_with_a_clear_error(tiny_tokenizer, tmp_path):
+    module, dm = make(tiny_tokenizer, dynamic_sampling="filter", max_empty_steps=3)
+    module.reward = type(module.reward)([constant_reward])
+    with pytest.raises(RuntimeError, match="3 consecutive rollout batches had no group with reward variance"):
+        trainer(tmp_path, max_steps=2, enable_checkpointing=False).fit(module, dm)

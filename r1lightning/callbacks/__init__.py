@@ -3,6 +3,7 @@
 * :class:`LanguageConsistencyTracker`: target-language fraction of each CoT, language-mixing rate (R1 §2.3).
 * :class:`ReflectiveTokenStats`: reflective words ("wait", "verify", ...) per 1,000 tokens (the "aha moment").
 * :class:`GenerationLengthScheduler`: step-indexed ``max_new_tokens`` (R1: 32,768 -> 65,536 at step 8,200).
+* :class:`VLLMRolloutRefresh`: pushes the policy into a colocated vLLM engine before each rollout, verified.
 
 Ready-made sets for the command line live in the top-level ``callbacks/`` folder::
 
@@ -13,6 +14,7 @@ from r1lightning.callbacks.language import LanguageConsistencyTracker
 from r1lightning.callbacks.length_schedule import GenerationLengthScheduler
 from r1lightning.callbacks.reflection import DEFAULT_REFLECTIVE_WORDS, ReflectiveTokenStats, ReflectiveWordCounter
 from r1lightning.callbacks.rollout_stats import RolloutStatsCallback
+from r1lightning.callbacks.vllm_refresh import VLLMRolloutRefresh
 
 __all__ = [
     "DEFAULT_REFLECTIVE_WORDS",
@@ -21,4 +23,5 @@ __all__ = [
     "ReflectiveTokenStats",
     "ReflectiveWordCounter",
     "RolloutStatsCallback",
+    "VLLMRolloutRefresh",
 ]

@@ -184,13 +184,13 @@ class VLLMRolloutRefresh(Callback):
         res = engine.engine_param_checksum(policy)
         if res["compared"] == 0:
             raise RuntimeError("verify='checksum': the engine exposes no readable parameters; use verify='probe'")
-        if not res["max_abs_diff"] <= atol * max(1.0, 1e-3 * res.get("max_abs_sum", 0.0)):
+        if not res["max_rel_diff"] <= atol:
             raise RuntimeError(
-                f"vLLM weight sync failed at step {step}: pushed {int(info.get('tensors', 0))} params, but "
-                f"{res['worst']} sums to a value {res['max_abs_diff']:.3g} away from the policy's "
-                f"({res['compared']} parameters compared, {res['skipped']} not readable)"
+                f"vLLM weight sync failed at step {step}: pushed {int(info.get('tensors', 0))} params, but the sum "
+                f"of {res['worst']} differs from the policy's by {res['max_rel_diff']:.3g} (relative) > atol = "
+                f"{atol:.3g} ({res['compared']} parameters compared, {res['skipped']} not readable)"
             )
-        return {"vllm/checksum_max_abs_diff": float(res["max_abs_diff"])}
+        return {"vllm/checksum_max_rel_diff": float(res["max_rel_diff"])}
 
     # ---------------------------------------------------------------- Lightning hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

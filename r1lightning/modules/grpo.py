@@ -140,6 +140,7 @@ class GRPOModule(PolicyModule):
         overlong_buffer: int = 0,
         overlong_penalty_factor: float = 1.0,
         max_grad_norm: Optional[float] = 1.0,
+        max_empty_steps: int = 20,
         lr: float = 3e-6,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -173,6 +174,9 @@ class GRPOModule(PolicyModule):
             mask_truncated: Exclude completions cut at max_new_tokens from the loss (DAPO overlong filtering).
             overlong_buffer: DAPO soft overlong penalty window in tokens before max_new_tokens (0 = off).
             overlong_penalty_factor: Penalty at max_new_tokens.
+            max_empty_steps: Stop with an error after this many consecutive rollout batches in which no
+                completion survived filtering (dynamic sampling / mask_truncated): without reward variance
+                the run can never take an optimizer step, and max_steps would never be reached.
             max_grad_norm: Clip the global gradient norm of each optimizer step (manual optimisation, so
                 this replaces Trainer(gradient_clip_val)); None = no clipping.
             lr: Peak learning rate (R1: 3e-6).
@@ -206,6 +210,7 @@ class GRPOModule(PolicyModule):
         self._last_eval_step: Optional[int] = None
         self._last_columns: dict = {}
         self._tokens_seen = 0
+        self._empty_steps = 0
 
     # ---------------------------------------------------------------- model set-up
     def configure_model(self) -> None:
@@ -239,6 +244,24 @@ class GRPOModule(PolicyModule):
                 raise ValueError(f"rollout.engine must be 'hf' or 'vllm', got {s.engine!r}")
         return self.engine
 
+    def _require_weight_refresh(self) -> None:
+        """An engine with its own copy of the weights samples from a stale policy unless a callback
+        refreshes it: refuse to train that way (checked before each rollout of a fit; a few isinstance calls)."""
+        if self._trainer is None or not self._trainer.training:
+            return
+        holds = self.engine.holds_weights if self.engine is not None else self.rollout_settings.engine == "vllm"
+        if holds:
+            from r1lightning.callbacks.vllm_refresh import VLLMRolloutRefresh
+
+            if not any(isinstance(cb, VLLMRolloutRefresh) for cb in self._trainer.callbacks):
+                raise RuntimeError(
+                    "the rollout engine keeps its own copy of the weights (rollout.engine='vllm') but no "
+                    "VLLMRolloutRefresh callback is configured: every rollout after the first optimizer step "
+                    "would silently sample from the initial policy. Add it, e.g. "
+                    "`--trainer.callbacks+=r1lightning.callbacks.VLLMRolloutRefresh` or "
+                    "Trainer(callbacks=[VLLMRolloutRefresh()])."
+                )
+
     def refresh_reference(self) -> None:
         """pi_ref <- pi_theta (R1 replaces the reference every 400 steps)."""
         if self.ref_model is not None:
@@ -256,6 +279,7 @@ class GRPOModule(PolicyModule):
     def generate_and_score(self, prompt_ids: list[list[int]], columns: dict[str, list]) -> tuple[RolloutBatch, Tensor, dict]:
         """Rollout + rewards, with DAPO-style regeneration of zero-variance groups when asked."""
         g = self.sampling.n
+        self._require_weight_refresh()
         engine = self.rollout_engine()
         sampling = self.sampling
         if sampling.seed is not None:  # a per-step, per-rank seed: rollouts are reproducible across resumes
@@ -327,6 +351,19 @@ class GRPOModule(PolicyModule):
         minibatches = [list(range(s * g, min(num_groups, s + groups_per_mb) * g))
                        for s in range(0, num_groups, groups_per_mb)]
         need_old = hp.mu > 1 or len(minibatches) > 1
+        if not bool(loss_rows.any()):
+            self._empty_steps += 1
+            log.warning("no completion left to train on at step %d (zero reward variance / all truncated); "
+                        "skipping the update", self.global_step)
+            if self._empty_steps >= hp.max_empty_steps:
+                raise RuntimeError(
+                    f"{self._empty_steps} consecutive rollout batches had no group with reward variance left after "
+                    f"dynamic_sampling={hp.dynamic_sampling!r} / mask_truncated={hp.mask_truncated}: every reward in "
+                    "each group was equal, so GRPO has no signal. Check the reward functions and the answer column, "
+                    "raise sampling.temperature / sampling.n, or use an easier starting point"
+                )
+        else:
+            self._empty_steps = 0
         cache: dict[tuple, dict] = {}
         agg = {"loss": 0.0, "policy_loss": 0.0, "kl": [], "clip_low": [], "clip_high": [], "clip_region": [],
                "entropy": [], "grad_norm": []}
@@ -370,7 +407,7 @@ class GRPOModule(PolicyModule):
                 agg["loss"] += step_loss
                 agg["grad_norm"].append((grad_norm, 1.0))
         t_train = time.perf_counter() - t_train
-        self._log_step(out, rewards, adv, astats, rstats, agg, keep_rows, t_train)
+        self._log_step(out, rewards, adv, astats, rstats, agg, loss_rows, t_train)
 
     def _prepare_micro(self, idx: list[int], prompts, completions, adv: Tensor, need_old: bool) -> dict:
         """Tensors of one micro-batch, with pi_old and pi_ref log-probs computed once (no grad)."""
@@ -406,7 +443,7 @@ class GRPOModule(PolicyModule):
             "completion_length/min": lengths.min(),
             "completion_length/max": lengths.max(),
             "truncated_ratio": torch.tensor(out.truncated, dtype=torch.float32).mean(),
-            "kept_ratio": keep_rows.float().mean(),
+            "kept_ratio": keep_rows.float().mean(),  # share of completions that entered the loss
             "loss": agg["loss"],
             "policy_loss": agg["policy_loss"],
             "kl": wmean(agg["kl"]),

@@ -39,6 +39,7 @@ import gc
 import logging
 import math
 import os
+import random
 import tempfile
 import time
 from typing import Any, Optional
@@ -78,6 +79,18 @@ def configure_vllm_env(cpu: bool, kv_cache_space_gb: Optional[float] = None) -> 
             os.environ[key] = value
             set_now[key] = value
     return set_now
+
+
+def _numpy_state(state=None):
+    """Get (no argument) or restore numpy's global random state; None when numpy is absent."""
+    try:
+        import numpy as np
+    except ImportError:
+        return None
+    if state is None:
+        return np.random.get_state()
+    np.random.set_state(state)
+    return state
 
 
 def _on_cpu() -> bool:
@@ -200,14 +213,21 @@ class VLLMRolloutEngine(RolloutEngine):
         )
         if not self.cpu:
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleep_mode)
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
-            # one engine per training rank sharing the trainer's process group (TRL colocate; untested here)
+        self.shares_process_group = torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1
+        if self.shares_process_group:
+            # one engine per training rank inside the trainer's process group (TRL colocate; untested here)
             kwargs["distributed_executor_backend"] = "external_launcher"
         kwargs.update(engine_kwargs or {})
         set_threads = torch.set_num_threads
         t0 = time.perf_counter()
-        self.llm = LLM(**kwargs)
+        # in-process, vLLM seeds the global torch / numpy / random generators with its seed: keep the
+        # trainer's random streams as they were (Lightning's seed_everything, resumable runs)
+        py_state, np_state = random.getstate(), _numpy_state()
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []):
+            self.llm = LLM(**kwargs)
+        random.setstate(py_state)
+        _numpy_state(np_state)
         # the CPU worker replaces torch.set_num_threads with a no-op for the whole process (it protects
         # its thread binding); with VLLM_CPU_OMP_THREADS_BIND=nobind there is none, so give it back
         if os.environ.get("VLLM_CPU_OMP_THREADS_BIND") == "nobind":
@@ -255,6 +275,12 @@ class VLLMRolloutEngine(RolloutEngine):
             self.llm = None
             del llm
             gc.collect()
+            if self.in_process and not self.shares_process_group:
+                # in-process vLLM created its own (world size 1) torch.distributed group: release it, or a
+                # later engine or a DDP trainer in this process finds one already initialised
+                from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+                cleanup_dist_env_and_memory()
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
@@ -266,7 +292,7 @@ class VLLMRolloutEngine(RolloutEngine):
 
         greedy = sampling.temperature <= 0
         return SamplingParams(
-            n=sampling.n,
+            n=1 if greedy else sampling.n,  # vLLM refuses greedy n > 1; generate() repeats the one sample
             temperature=0.0 if greedy else sampling.temperature,
             top_p=1.0 if greedy else sampling.top_p,
             top_k=0 if greedy else int(sampling.top_k or 0),  # vLLM >= 0.11: 0 = off (older: -1)
@@ -313,6 +339,8 @@ class VLLMRolloutEngine(RolloutEngine):
         logprobs: Optional[list[list[float]]] = [] if sampling.logprobs else None
         for req in outs:  # outputs come back in prompt order; samples of one prompt are its group
             samples = sorted(req.outputs, key=lambda c: c.index)
+            if sampling.temperature <= 0:
+                samples = samples * sampling.n  # greedy: n identical samples, as HF generate gives
             if len(samples) != sampling.n:
                 raise RuntimeError(f"vLLM returned {len(samples)} samples for a prompt, expected n={sampling.n}")
             for c in samples:
@@ -382,8 +410,8 @@ class VLLMRolloutEngine(RolloutEngine):
         with the sum of their parts. Parameters the engine holds in a repacked kernel format (the
         CPU build's linear layers report ``numel() == 0``) cannot be read back and are skipped, so on
         CPU this covers embeddings and norms only: prefer :meth:`probe_logprobs` there.
-        Returns ``{"compared": int, "skipped": int, "max_abs_diff": float, "worst": name}``
-        (or the raw engine sums when ``policy`` is None).
+        Returns ``{"compared", "skipped", "max_rel_diff", "worst"}``, the difference of each sum taken
+        relative to ``max(1, |policy sum|)`` (or the raw engine sums when ``policy`` is None).
         """
         info = self.llm.collective_rpc("r1l_param_sums")[0]
         if policy is None:
@@ -401,9 +429,10 @@ class VLLMRolloutEngine(RolloutEngine):
             if not all(p in ours for p in parts):
                 skipped += 1
                 continue
-            diff = abs(sum(ours[p] for p in parts) - total)
+            expected = sum(ours[p] for p in parts)
+            diff = abs(expected - total) / max(1.0, abs(expected))
             compared += 1
-            if diff >= worst:
+            if math.isnan(diff) or (not math.isnan(worst) and diff >= worst):  # a NaN sum is the worst
                 worst, worst_name = diff, name
-        return {"compared": compared, "skipped": skipped, "max_abs_diff": worst, "worst": worst_name}
+        return {"compared": compared, "skipped": skipped, "max_rel_diff": worst, "worst": worst_name}
 

@@ -208,3 +208,12 @@ def test_no_reward_variance_ever_stops_with_a_clear_error(tiny_tokenizer, tmp_pa
     module.reward = type(module.reward)([constant_reward])
     with pytest.raises(RuntimeError, match="3 consecutive rollout batches had no group with reward variance"):
         trainer(tmp_path, max_steps=2, enable_checkpointing=False).fit(module, dm)
+
+
+def test_train_inference_logprob_mismatch_is_logged_and_small_for_hf(tiny_tokenizer, tmp_path):
+    """The HF engine samples with the training weights, so its log-probs must equal the trainer's."""
+    module, dm = make(tiny_tokenizer)
+    module.sampling.logprobs = True
+    t = trainer(tmp_path, max_steps=1, enable_checkpointing=False)
+    t.fit(module, dm)
+    assert float(t.logged_metrics["train/logprob_mismatch/max"]) < 1e-4

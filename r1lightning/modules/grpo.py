@@ -366,7 +366,7 @@ class GRPOModule(PolicyModule):
             self._empty_steps = 0
         cache: dict[tuple, dict] = {}
         agg = {"loss": 0.0, "policy_loss": 0.0, "kl": [], "clip_low": [], "clip_high": [], "clip_region": [],
-               "entropy": [], "grad_norm": []}
+               "entropy": [], "grad_norm": [], "mismatch": [], "mismatch_max": 0.0}
         for _ in range(hp.mu):
             for rows in minibatches:
                 rows = [r for r in rows if loss_rows[r]]
@@ -379,7 +379,7 @@ class GRPOModule(PolicyModule):
                     idx = [rows[i] for i in micro]
                     key = tuple(idx)
                     if key not in cache:
-                        cache[key] = self._prepare_micro(idx, prompts, completions, adv, need_old)
+                        cache[key] = self._prepare_micro(idx, prompts, completions, adv, need_old, out.logprobs)
                     m = cache[key]
                     logp, entropy = self.policy.token_logprobs(
                         m["ids"], m["attn"], logits_to_keep=m["cmask"].shape[1], temperature=self.sampling.temperature,
@@ -399,6 +399,14 @@ class GRPOModule(PolicyModule):
                         if k in lstats:
                             agg[k].append((float(lstats[k]), w))
                     agg["entropy"].append((float((entropy * m["cmask"]).sum() / max(w, 1.0)), w))
+                    if "engine_logp" in m and not m.get("mismatch_logged"):
+                        # pi_old as the trainer computes it vs the engine's sampling log-probs of the same tokens
+                        # (before any update: old_logp, or this first and only pass when mu = 1 and one mini-batch)
+                        diff = ((m["old_logp"] if "old_logp" in m else logp.detach()) - m["engine_logp"]).abs()
+                        diff = diff * m["cmask"]
+                        agg["mismatch"].append((float(diff.sum() / max(w, 1.0)), w))
+                        agg["mismatch_max"] = max(agg["mismatch_max"], float(diff.max()))
+                        m["mismatch_logged"] = True
                 grad_norm = self._grad_norm()
                 if hp.max_grad_norm:
                     self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
@@ -409,11 +417,17 @@ class GRPOModule(PolicyModule):
         t_train = time.perf_counter() - t_train
         self._log_step(out, rewards, adv, astats, rstats, agg, loss_rows, t_train)
 
-    def _prepare_micro(self, idx: list[int], prompts, completions, adv: Tensor, need_old: bool) -> dict:
+    def _prepare_micro(self, idx: list[int], prompts, completions, adv: Tensor, need_old: bool,
+                       engine_logprobs: Optional[list[list[float]]] = None) -> dict:
         """Tensors of one micro-batch, with pi_old and pi_ref log-probs computed once (no grad)."""
         ids, attn, cmask = build_sequences([prompts[i] for i in idx], [completions[i] for i in idx],
                                            self.tokenizer.pad_token_id, self.device)
         m = {"ids": ids, "attn": attn, "cmask": cmask, "adv": adv[idx].to(self.device)}
+        if engine_logprobs is not None:
+            elp = torch.zeros(cmask.shape, dtype=torch.float32)
+            for j, i in enumerate(idx):
+                elp[j, : len(engine_logprobs[i])] = torch.tensor(engine_logprobs[i], dtype=torch.float32)
+            m["engine_logp"] = elp.to(self.device)
         with torch.no_grad():
             if need_old:
                 m["old_logp"] = self.policy.token_logprobs(ids, attn, cmask.shape[1], self.sampling.temperature,
@@ -460,6 +474,9 @@ class GRPOModule(PolicyModule):
             "time/train": t_train,
             "advantage_abs_mean": adv.abs().mean(),
         }
+        if agg["mismatch"]:
+            metrics["logprob_mismatch/mean"] = wmean(agg["mismatch"])
+            metrics["logprob_mismatch/max"] = agg["mismatch_max"]
         if self.hparams.dynamic_sampling == "resample":
             metrics["resampled_groups"] = rstats["resampled_groups"]
         if self.hparams.overlong_buffer > 0:

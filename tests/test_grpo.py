@@ -217,3 +217,17 @@ def test_train_inference_logprob_mismatch_is_logged_and_small_for_hf(tiny_tokeni
     t = trainer(tmp_path, max_steps=1, enable_checkpointing=False)
     t.fit(module, dm)
     assert float(t.logged_metrics["train/logprob_mismatch/max"]) < 1e-4
+
+
+def test_reference_refresh_follows_global_step_with_several_minibatches(tiny_tokenizer, tmp_path):
+    # 3 optimizer steps per rollout batch and a refresh every 4 steps: global_step goes 0, 3, 6, 9, so
+    # `step % 4 == 0` would refresh only at 0 (never); period tracking refreshes at 6 (period 1) and 9 (period 2)
+    module, dm = make(tiny_tokenizer, num_minibatches=3, ref_refresh_steps=4)
+    dm.batch_size = 3
+    refreshed = []
+    original = module.refresh_reference
+    module.refresh_reference = lambda: (refreshed.append(module.global_step), original())
+    trainer(tmp_path, max_steps=12, enable_checkpointing=False).fit(module, dm)
+    assert refreshed == [6, 9]
+    for p, q in zip(module.ref_model.parameters(), module.policy.model.parameters()):
+        assert not torch.equal(p, q)  # refreshed at 9, then trained 3 more steps

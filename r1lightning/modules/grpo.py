@@ -211,6 +211,7 @@ class GRPOModule(PolicyModule):
         self._last_columns: dict = {}
         self._tokens_seen = 0
         self._empty_steps = 0
+        self._ref_period = 0  # index of the ref_refresh_steps period the reference was last refreshed in
 
     # ---------------------------------------------------------------- model set-up
     def configure_model(self) -> None:
@@ -261,6 +262,14 @@ class GRPOModule(PolicyModule):
                     "`--trainer.callbacks+=r1lightning.callbacks.VLLMRolloutRefresh` or "
                     "Trainer(callbacks=[VLLMRolloutRefresh()])."
                 )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["r1lightning_grpo"] = {"ref_period": self._ref_period, "tokens_seen": self._tokens_seen}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("r1lightning_grpo", {})
+        self._ref_period = int(state.get("ref_period", 0))
+        self._tokens_seen = int(state.get("tokens_seen", 0))
 
     def refresh_reference(self) -> None:
         """pi_ref <- pi_theta (R1 replaces the reference every 400 steps)."""
@@ -326,8 +335,11 @@ class GRPOModule(PolicyModule):
     def training_step(self, batch: dict, batch_idx: int) -> None:
         hp = self.hparams
         g = self.sampling.n
-        if hp.ref_refresh_steps and self.global_step > 0 and self.global_step % hp.ref_refresh_steps == 0:
+        # every rank refreshes at the same global_step; with num_minibatches > 1 the step jumps, so compare
+        # refresh periods rather than testing global_step % N == 0
+        if hp.ref_refresh_steps and self.global_step // hp.ref_refresh_steps > self._ref_period:
             self.refresh_reference()
+            self._ref_period = self.global_step // hp.ref_refresh_steps
 
         # 1. rollout from pi_old and rule-based scoring -------------------------------------------
         out, rewards, rstats = self.generate_and_score(batch["prompt_ids"], batch["columns"])

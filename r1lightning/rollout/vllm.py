@@ -52,28 +52,32 @@ log = logging.getLogger(__name__)
 
 __all__ = ["VLLMRolloutEngine", "WeightSyncExtension", "configure_vllm_env", "policy_weights"]
 
-_GIB = 1 << 30
 _EXTENSION = "r1lightning.rollout.vllm.WeightSyncExtension"
 
 
 def configure_vllm_env(cpu: bool, kv_cache_space_gb: Optional[float] = None) -> dict[str, str]:
-    """Process-wide vLLM settings for a colocated engine; values the user already exported win.
+    """Process-wide vLLM settings for a colocated engine; values the user already exported win, except
+    an explicit ``kv_cache_space_gb``.
 
     * ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: engine core in this process (weights passed by reference).
     * CPU: ``VLLM_CPU_OMP_THREADS_BIND=nobind``, so vLLM does not pin the OpenMP threads of the process
       it shares with the trainer, and ``VLLM_CPU_KVCACHE_SPACE`` (whole GiB: vLLM reads an integer) from
       ``kv_cache_space_gb``, else 1 GiB (vLLM's automatic size would claim most of the free RAM).
 
+    vLLM caches its environment once an engine has started: set these before the first engine.
     Returns the variables it set.
     """
     wanted = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     if cpu:
         wanted["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+        set_now = {}
         if kv_cache_space_gb is not None:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(kv_cache_space_gb)))
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = set_now["VLLM_CPU_KVCACHE_SPACE"] = \
+                str(max(1, math.ceil(kv_cache_space_gb)))
         else:
             wanted["VLLM_CPU_KVCACHE_SPACE"] = "1"
-    set_now = {}
+    else:
+        set_now = {}
     for key, value in wanted.items():
         if key not in os.environ:
             os.environ[key] = value
@@ -216,8 +220,10 @@ class VLLMRolloutEngine(RolloutEngine):
         self.shares_process_group = torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1
         if self.shares_process_group:
-            # one engine per training rank inside the trainer's process group (TRL colocate; untested here)
+            # one engine per training rank inside the trainer's process group, TRL's colocate recipe: the
+            # ranks of one tensor-parallel group share a seed (UNTESTED in this repo: no multi-GPU here)
             kwargs["distributed_executor_backend"] = "external_launcher"
+            kwargs["seed"] = seed + torch.distributed.get_rank() // max(1, tensor_parallel_size)
         kwargs.update(engine_kwargs or {})
         set_threads = torch.set_num_threads
         t0 = time.perf_counter()
@@ -254,9 +260,9 @@ class VLLMRolloutEngine(RolloutEngine):
     def from_settings(cls, policy, settings, sampling: Optional[SamplingSettings] = None) -> "VLLMRolloutEngine":
         """Engine from ``GRPOModule``'s ``RolloutSettings`` (``vllm_*`` fields).
 
-        ``vllm_dtype='auto'`` means the policy's parameter dtype. ``sampling`` is accepted for
-        symmetry (sampling parameters are built per ``generate`` call); when it is given and
-        ``vllm_max_model_len`` is not, nothing is inferred: the model's own length is used.
+        ``vllm_dtype='auto'`` means the policy's parameter dtype. ``sampling`` is not needed (sampling
+        parameters are built from the ``SamplingSettings`` of each ``generate`` call); it is accepted so
+        every engine factory has the same signature.
         """
         return cls.from_policy(
             policy, dtype=settings.vllm_dtype, max_model_len=settings.vllm_max_model_len,
@@ -312,8 +318,10 @@ class VLLMRolloutEngine(RolloutEngine):
                 self._asleep = False
 
     def _sleep(self) -> None:
+        # after each rollout, so training has the memory; level 1 keeps a host copy of the weights (level 2
+        # would be cheaper but leaves garbage weights whenever a refresh is skipped, every_n_steps > 1)
         if self.sleep_mode and not self._asleep:
-            self.llm.sleep(level=1)  # level 1 keeps a host copy of the weights: safe if a refresh is skipped
+            self.llm.sleep(level=1)
             self._asleep = True
 
     @torch.no_grad()
@@ -322,7 +330,8 @@ class VLLMRolloutEngine(RolloutEngine):
 
         too_long = [len(p) for p in prompt_ids if len(p) >= self.max_model_len]
         if too_long:
-            raise ValueError(f"vLLM: a prompt of {max(too_long)} tokens does not fit max_model_len={self.max_model_len}; "
+            raise ValueError(f"vLLM: a prompt of {max(too_long)} tokens does not fit max_model_len="
+                             f"{self.max_model_len}; "
                              "raise rollout.vllm_max_model_len or shorten the prompts")
         params = []
         for p in prompt_ids:
@@ -377,7 +386,14 @@ class VLLMRolloutEngine(RolloutEngine):
         else:
             from safetensors.torch import save
 
-            blob = save({n: t.contiguous().cpu() for n, t in weights})
+            tensors, seen = {}, set()
+            for name, t in weights:
+                t = t.contiguous().cpu()
+                if t.data_ptr() in seen:  # safetensors refuses shared storage (tied weights): copy the alias
+                    t = t.clone()
+                seen.add(t.data_ptr())
+                tensors[name] = t
+            blob = save(tensors)
             kwargs = {"blob": blob, "method": self.update_method}
         counts = self.llm.collective_rpc("r1l_update_weights", kwargs=kwargs)
         self.llm.reset_prefix_cache()
@@ -396,10 +412,9 @@ class VLLMRolloutEngine(RolloutEngine):
 
         if len(token_ids) < 2:
             raise ValueError("a probe needs at least 2 tokens")
-        self._wake()
+        self._wake()  # stays awake: a probe precedes a rollout, which puts the engine to sleep after it
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False, seed=0)
         out = self.llm.generate([TokensPrompt(prompt_token_ids=list(token_ids))], params, use_tqdm=False)[0]
-        self._sleep()
         # prompt_logprobs[0] is None (no context); entry j holds token j's log-prob (and maybe the top-1)
         return [step[t].logprob for step, t in zip(out.prompt_logprobs[1:], token_ids[1:])]
 

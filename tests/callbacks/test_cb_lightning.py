@@ -178,7 +178,8 @@ def test_callback_yamls_parse_through_the_cli(capsys, monkeypatch):
     assert paths == ["lightning.pytorch.callbacks.EarlyStopping",  # `+=` keeps the config's callbacks
                      "r1lightning.callbacks.GenerationLengthScheduler",
                      "r1lightning.callbacks.LanguageConsistencyTracker",
-                     "r1lightning.callbacks.ReflectiveTokenStats"]
+                     "r1lightning.callbacks.ReflectiveTokenStats",
+                     "r1lightning.callbacks.VLLMRolloutRefresh"]
     by_class = {c["class_path"].rsplit(".", 1)[1]: c["init_args"] for c in printed["trainer"]["callbacks"]}
     assert by_class["GenerationLengthScheduler"]["at_step"] == 8200
     assert by_class["GenerationLengthScheduler"]["end"] == 65536

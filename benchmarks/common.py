@@ -26,13 +26,20 @@ def set_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def policy_config(hidden_size: int | None = None, num_layers: int = 4):
+def policy_config(hidden_size: int | None = None, num_layers: int = 4, model: str | None = None):
     """The tiny base if it is there (and no size is asked for), else a from-scratch Llama.
 
-    ``hidden_size`` builds a random Llama of that width (heads of 32 dims, MLP 4x) for size sweeps.
+    ``hidden_size`` builds a random Llama of that width (heads of 32 dims, MLP 4x) for size sweeps;
+    ``model`` loads a local HF folder instead ('smollm2' = the offline SmolLM2-135M-Instruct conversion).
     """
     from r1lightning.policy import PolicyConfig, TinyModelSettings, resolve_path
 
+    if model is not None:
+        if model == "smollm2":
+            from r1lightning.offline.smollm2 import ensure_smollm2
+
+            model = str(ensure_smollm2())
+        return PolicyConfig(model_name_or_path=model, pad_token="<|im_end|>"), model
     if hidden_size is None and resolve_path(TINY_BASE).exists():
         return PolicyConfig(model_name_or_path=TINY_BASE), TINY_BASE
     h = hidden_size or 128

@@ -33,6 +33,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--hidden-size", type=int, default=None,
                     help="benchmark a random Llama of this width instead of the tiny base (size sweeps)")
     ap.add_argument("--num-layers", type=int, default=4, help="layers of the --hidden-size model")
+    ap.add_argument("--model", default=None,
+                    help="a local HF model folder, or 'smollm2' for the offline SmolLM2-135M-Instruct conversion")
     ap.add_argument("--vllm-compile", action="store_true",
                     help="let vLLM torch.compile the model (slower start-up); default: enforce_eager")
     args = ap.parse_args(argv)
@@ -45,7 +47,7 @@ def main(argv=None) -> dict:
     from r1lightning.rollout import HFRolloutEngine, SamplingSettings
     from r1lightning.rollout.vllm import VLLMRolloutEngine
 
-    cfg, model_name = policy_config(args.hidden_size, args.num_layers)
+    cfg, model_name = policy_config(args.hidden_size, args.num_layers, args.model)
     policy = Policy(cfg)
     policy.build().eval()
     prompts, _ = arithmetic_prompts(policy.tokenizer, args.prompts)
@@ -90,7 +92,8 @@ def main(argv=None) -> dict:
     print(table(rows, ["engine", "tokens/s", "s / rollout", "tokens"]))
     print(f"\nvLLM / HF = {ratio:.2f}x (target >= 2.5x); vLLM start-up {startup:.1f} s ({result['vllm_mode']})")
     suffix = ("_compile" if args.vllm_compile else "") + \
-        (f"_h{args.hidden_size}x{args.num_layers}" if args.hidden_size else "")
+        (f"_h{args.hidden_size}x{args.num_layers}" if args.hidden_size else "") + \
+        ("_" + Path(model_name).name if args.model else "")
     print(f"wrote {write_json('rollout_throughput' + suffix, result)}")
     return result
 

@@ -268,6 +268,7 @@ class SFTDataModule(_RowsDataModule):
                 if not isinstance(completion, str):
                     raise ValueError(f"{source!r}: column {self.completion_column!r} must hold strings")
                 ids, mask = self._encode_prompt_completion(prompt, completion)
+            prompt_ids = ids[: mask.index(1)] if prompt is not None else None  # before any truncation
             if len(ids) > self.max_length:
                 self.truncated += 1
                 ids, mask = ids[: self.max_length], mask[: self.max_length]
@@ -275,7 +276,7 @@ class SFTDataModule(_RowsDataModule):
                 continue  # nothing to learn from (e.g. truncated before the completion)
             ex = {"input_ids": ids, "loss_mask": mask}
             if not train and prompt is not None:
-                ex["prompt_ids"] = self.tokenizer(self.render(prompt), add_special_tokens=self.template != "chat")["input_ids"]
+                ex["prompt_ids"] = prompt_ids
                 if self.answer_column and self.answer_column in row:
                     ex["answer"] = str(row[self.answer_column])
             examples.append(ex)

@@ -101,6 +101,15 @@ class PolicyModule(pl.LightningModule):
             total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else 1
         return max(1, int(total))
 
+    def grad_norm(self) -> Optional[float]:
+        """Global L2 norm of the policy's gradients (None when no parameter has one)."""
+        grads = [p.grad.detach().float().norm() for p in self.policy.build().parameters() if p.grad is not None]
+        return float(torch.stack(grads).norm()) if grads else None
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
+        """Completions of the batch's prompts, sampled with eval_sampling (default: one sample)."""
+        return self.eval_engine().generate(batch["prompt_ids"], self.eval_sampling or SamplingSettings(n=1)).texts
+
     # ---------------------------------------------------------------- evaluation by sampling
     def eval_engine(self) -> RolloutEngine:
         if self._eval_engine is None:
@@ -109,7 +118,7 @@ class PolicyModule(pl.LightningModule):
             self._eval_engine = HFRolloutEngine(self.policy)
         return self._eval_engine
 
-    def sample_and_score(self, prompt_ids: list[list[int]], columns: dict[str, list], prefix: str = "val") -> dict:
+    def sample_and_score(self, prompt_ids: list[list[int]], columns: dict[str, list]) -> dict:
         """Sample ``eval_sampling.n`` completions per prompt, score them, update pass@1 / cons@k."""
         from r1lightning.rewards import get_reward_fn
         from r1lightning.rewards.format import format_reward

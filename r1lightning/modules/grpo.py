@@ -419,7 +419,7 @@ class GRPOModule(PolicyModule):
                         agg["mismatch"].append((float(diff.sum() / max(w, 1.0)), w))
                         agg["mismatch_max"] = max(agg["mismatch_max"], float(diff.max()))
                         m["mismatch_logged"] = True
-                grad_norm = self._grad_norm()
+                grad_norm = self.grad_norm() or 0.0
                 if hp.max_grad_norm:
                     self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
                 opt.step()
@@ -447,10 +447,6 @@ class GRPOModule(PolicyModule):
             if self.hparams.beta > 0:
                 m["ref_logp"] = self.reference_logprobs(ids, attn, cmask.shape[1], cmask)
         return m
-
-    def _grad_norm(self) -> float:
-        grads = [p.grad.detach().float().norm() for p in self.policy.build().parameters() if p.grad is not None]
-        return float(torch.stack(grads).norm()) if grads else 0.0
 
     # ---------------------------------------------------------------- logging
     def _log_step(self, out: RolloutBatch, rewards: Tensor, adv: Tensor, astats: dict, rstats: dict, agg: dict,
@@ -556,6 +552,3 @@ class GRPOModule(PolicyModule):
     def on_test_epoch_end(self) -> None:
         self.log_sampled_eval("test")
 
-    def predict_step(self, batch: dict, batch_idx: int):
-        s = self.eval_sampling or SamplingSettings(n=1)
-        return self.eval_engine().generate(batch["prompt_ids"], s).texts

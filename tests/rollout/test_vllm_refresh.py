@@ -57,6 +57,39 @@ def test_update_weights_moves_engine_to_the_new_policy(synced):
     assert stats["seconds"] > 0
 
 
+def test_a_push_is_quiet_but_other_load_failures_still_warn(synced):
+    import logging
+
+    from r1lightning.rollout.vllm import _RefreshLogFilter
+
+    class Recorder(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    rec, vllm_logger = Recorder(), logging.getLogger("vllm")  # vLLM's modules log through children of "vllm"
+    vllm_logger.addHandler(rec)
+    try:
+        synced.engine.update_weights(synced.policy)
+    finally:
+        vllm_logger.removeHandler(rec)
+    # vLLM says these on every reload; a run refreshing every step would print them thousands of times
+    for chatter in ("RotaryEmbedding: Failed to load weights", "Reloading and processing weights took",
+                    "Successfully reset prefix cache"):
+        assert not any(chatter in line for line in rec.lines), (chatter, rec.lines)
+
+    def record(msg, *args):
+        return logging.LogRecord("vllm", logging.WARNING, __file__, 1, msg, args, None)
+
+    f = _RefreshLogFilter()
+    assert not f.filter(record("%s: Failed to load weights", "RotaryEmbedding"))
+    assert f.filter(record("%s: Failed to load weights", "QKVParallelLinear"))  # a real failure is kept
+    assert f.filter(record("something else"))
+
+
 def test_checksum_covers_readable_parameters(synced):
     res = synced.engine.engine_param_checksum(synced.policy)
     # the CPU build repacks linear layers (not readable); embeddings and norms are compared

@@ -112,6 +112,23 @@ class _quiet_refresh_logs:
             logging.getLogger(name).removeFilter(self.filter)
 
 
+def check_cpu_head_dim(config) -> None:
+    """vLLM's CPU attention kernels exist for a fixed list of head sizes; any other fails deep inside the
+    first ``generate``. Check the model's before the engine starts and name the way out."""
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+    except ImportError:  # another vLLM layout: let vLLM decide
+        return
+    heads = getattr(config, "num_attention_heads", None)
+    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    if head_dim is not None and head_dim not in supported:
+        raise ValueError(
+            f"vLLM's CPU build has no attention kernel for head_dim={head_dim} (hidden_size "
+            f"{getattr(config, 'hidden_size', '?')} / {heads} heads); it supports {supported}. Use a model with one of "
+            "those head sizes (tiny models: policy.tiny.hidden_size / num_attention_heads) or rollout.engine: hf")
+
+
 def _numpy_state(state=None):
     """Get (no argument) or restore numpy's global random state; None when numpy is absent."""
     try:
@@ -275,6 +292,8 @@ class VLLMRolloutEngine(RolloutEngine):
     @classmethod
     def from_policy(cls, policy, **kwargs) -> "VLLMRolloutEngine":
         """Write the policy (LoRA merged) to a temporary folder and start an engine on it."""
+        if _on_cpu():
+            check_cpu_head_dim(policy.build().config)
         tmp = tempfile.TemporaryDirectory(prefix="r1l_vllm_")
         policy.save_pretrained(tmp.name)
         if kwargs.get("dtype", "auto") == "auto":

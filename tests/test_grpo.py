@@ -9,7 +9,7 @@ from r1l_testing import read_scalars
 
 from r1lightning.data import PromptDataModule
 from r1lightning.modules import GRPOModule
-from r1lightning.modules.grpo import build_sequences, micro_batches, overlong_penalty
+from r1lightning.modules.grpo import build_sequences, micro_batches, minibatch_rows, overlong_penalty
 from r1lightning.policy import PolicyConfig, TinyModelSettings
 from r1lightning.rollout import SamplingSettings
 
@@ -186,11 +186,12 @@ class FixedEngine:
 
         eos = self.tok.eos_token_id
         ids, trunc = [], []
-        for _ in prompt_ids:
-            ids += [[7] * self.max_new_tokens, [8] * self.max_new_tokens, [9, 9, eos], [9, 10, 11, 12, 13, eos]]
-            trunc += [True, True, False, False]
+        group = [[7] * self.max_new_tokens, [8] * self.max_new_tokens, [9, 9, eos], [9, 10, 11, 12, 13, eos]]
+        for _ in prompt_ids:  # sampling.n of the 4 (the held-out evaluation samples 2 per prompt)
+            ids += [group[i % 4] for i in range(sampling.n)]
+            trunc += [i % 4 < 2 for i in range(sampling.n)]
         return RolloutBatch(prompt_ids=list(prompt_ids), completion_ids=ids, texts=self.tok.batch_decode(ids),
-                            truncated=trunc, n=4, stats={"tokens_per_s": 1.0})
+                            truncated=trunc, n=sampling.n, stats={"tokens_per_s": 1.0})
 
     def update_weights(self, policy):
         return {}
@@ -243,3 +244,65 @@ def test_reference_refresh_follows_global_step_with_several_minibatches(tiny_tok
     assert refreshed == [6, 9]
     for p, q in zip(module.ref_model.parameters(), module.policy.model.parameters()):
         assert not torch.equal(p, q)  # refreshed at 9, then trained 3 more steps
+
+
+def hash_reward(completions, **kw):
+    """Differs for any two different texts (a random policy's samples are never identical)."""
+    import zlib
+
+    return [zlib.crc32(t.encode()) % 1000 / 1000 for t in completions]
+
+
+torch.serialization.add_safe_globals([hash_reward])
+
+
+@pytest.mark.parametrize("num_minibatches", [2, 3, 4])
+def test_pi_old_is_the_policy_before_the_first_update(tiny_tokenizer, tmp_path, num_minibatches):
+    """R1 trains each rollout in 16 mini-batches: mini-batch j's pi_old must be the sampling policy, not the
+    policy after j optimizer steps (then every ratio would be 1 at its only update and clipping never fires)."""
+    import copy
+
+    module, dm = make(tiny_tokenizer, num_minibatches=num_minibatches, beta=0.0)
+    module.reward = type(module.reward)([hash_reward])  # every group has reward variance
+    module.hparams.lr = 0.05  # large steps: the policy moves far between mini-batches
+    dm.batch_size = 4  # 4 groups of 4: at least one whole group per mini-batch
+    found = {}
+
+    class Check(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            found["before"] = copy.deepcopy(pl_module.policy)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            before, temp = found["before"], pl_module.sampling.temperature
+            gaps, moved = [], []
+            with torch.no_grad():
+                for mb in outputs["minibatches"]:
+                    for m in mb.micro:
+                        assert not m.padding  # one rank: nothing to pad
+                        mask = m.cmask.bool()
+                        ref = before.token_logprobs(m.ids, m.attn, m.cmask.shape[1], temp, loss_mask=m.cmask)[0]
+                        now = pl_module.policy.token_logprobs(m.ids, m.attn, m.cmask.shape[1], temp, loss_mask=m.cmask)[0]
+                        gaps.append(float((m.old_logp - ref)[mask].abs().max()))
+                        moved.append(float((now - ref)[mask].abs().max()))
+            found["gaps"], found["moved"] = gaps, moved
+
+    t = trainer(tmp_path, max_steps=num_minibatches, callbacks=[Check()], enable_checkpointing=False)
+    t.fit(module, dm)
+    assert t.global_step == num_minibatches  # one rollout, one optimizer step per mini-batch
+    assert len(found["gaps"]) >= num_minibatches
+    assert max(found["gaps"]) < 1e-6  # pi_old of EVERY mini-batch = the policy before the first update
+    assert min(found["moved"]) > 1e-2  # ... and the updates were large enough for a lazy pi_old to differ
+    # later mini-batches see ratios != 1, so the PPO clip (epsilon 0.2) fires on some tokens
+    assert float(t.logged_metrics["train/clip_ratio/region"]) > 0
+    assert float(t.logged_metrics["train/ratio/max"]) > 1.2
+    assert float(t.logged_metrics["train/optimizer_steps"]) == num_minibatches
+
+
+def test_minibatch_rows_split_whole_groups_into_exactly_num_minibatches():
+    # 5 groups of 2 into 2 mini-batches: bounds 0, 5//2 = 2, 5 -> groups [0, 1] and [2, 3, 4]
+    assert minibatch_rows(5, 2, 2) == [[0, 1, 2, 3], [4, 5, 6, 7, 8, 9]]
+    # fewer groups than mini-batches: some are empty, but there are always num_minibatches of them
+    assert minibatch_rows(1, 3, 2) == [[], [0, 1, 2]]
+    assert [len(r) for r in minibatch_rows(16, 16, 16)] == [16] * 16  # R1: one question's group each
+    rows = [r for mb in minibatch_rows(7, 3, 3) for r in mb]
+    assert rows == list(range(21))  # every row exactly once, in order

@@ -1,9 +1,10 @@
 """Shared plumbing of the callbacks that measure each rollout batch (R1's emergent behaviours).
 
-:class:`~r1lightning.modules.GRPOModule` leaves the batch it just trained on in
-``pl_module.last_rollout`` (a :class:`~r1lightning.rollout.base.RolloutBatch`) and the unweighted
-per-completion rewards in ``pl_module.last_rewards`` (``{label: [score, ...]}``). A subclass turns
-them into scalars (``pl_module.log``) and, when the logger is TensorBoard, histograms.
+:class:`~r1lightning.modules.GRPOModule`'s ``training_step`` returns the batch it just trained on as
+``outputs["trajectory"]`` (a :class:`~r1lightning.modules.grpo.Trajectory`), which Lightning hands to
+``on_train_batch_end``: its ``rollout`` (a :class:`~r1lightning.rollout.base.RolloutBatch`) and the unweighted
+per-completion rewards ``per_fn`` (``{label: [score, ...]}``). A subclass turns them into scalars
+(``pl_module.log``) and, when the logger is TensorBoard, histograms.
 
 Conventions every subclass follows:
 
@@ -14,7 +15,7 @@ Conventions every subclass follows:
 * ``every_n_steps`` skips the work on other batches. Lightning itself writes ``on_step`` scalars
   only every ``Trainer(log_every_n_steps)`` batches, so make ``every_n_steps`` a multiple of that
   or the skipped-by-Lightning batches are computed for nothing (histograms are written anyway).
-* A completion is *correct* when ``last_rewards[correctness_reward][i] > 0.5`` (the accuracy
+* A completion is *correct* when ``per_fn[correctness_reward][i] > 0.5`` (the accuracy
   reward is 0 or 1). Without that reward the ``correct`` / ``incorrect`` splits are not logged,
   and one warning says so.
 * The same rollout object is never measured twice (a step that produced no new rollout logs
@@ -69,7 +70,7 @@ class RolloutStatsCallback(Callback):
     def __init__(self, correctness_reward: str = "accuracy", log_histograms: bool = True, every_n_steps: int = 1):
         """
         Args:
-            correctness_reward: Label in ``pl_module.last_rewards`` whose score > 0.5 marks a correct completion.
+            correctness_reward: Label in the trajectory's ``per_fn`` whose score > 0.5 marks a correct completion.
             log_histograms: Also write per-completion histograms when the logger is TensorBoard.
             every_n_steps: Measure every N training (rollout) batches.
         """
@@ -97,7 +98,7 @@ class RolloutStatsCallback(Callback):
         if not self._warned_correctness:
             self._warned_correctness = True
             if scores is None:
-                why = (f"no reward labelled {self.correctness_reward!r} in pl_module.last_rewards "
+                why = (f"no reward labelled {self.correctness_reward!r} in the trajectory's rewards "
                        f"(labels: {sorted(rewards) if isinstance(rewards, Mapping) else rewards!r})")
             else:
                 why = f"reward {self.correctness_reward!r} has {len(scores)} scores for {n} completions"
@@ -118,14 +119,15 @@ class RolloutStatsCallback(Callback):
     # ---------------------------------------------------------------- Lightning hook
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        rollout = getattr(pl_module, "last_rollout", None)
+        trajectory = outputs.get("trajectory") if isinstance(outputs, Mapping) else None
+        rollout = getattr(trajectory, "rollout", None)
         if rollout is None or not getattr(rollout, "texts", None):
             return
         step = logger_step(trainer)
         # `+ 1`: Lightning's own log_every_n_steps test (the counter is bumped after this hook)
         if (step + 1) % self.every_n_steps != 0 or not self._is_new(rollout):
             return
-        correct = self.correctness(getattr(pl_module, "last_rewards", None) or {}, len(rollout.texts))
+        correct = self.correctness(getattr(trajectory, "per_fn", None) or {}, len(rollout.texts))
         scalars, histograms = self.measure(rollout, correct)
         for name, value in scalars.items():
             pl_module.log(name, float(value), on_step=True, on_epoch=False, batch_size=len(rollout.texts))

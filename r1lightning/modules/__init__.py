@@ -2,7 +2,7 @@
 
 from r1lightning.modules.base import PolicyModule
 from r1lightning.modules.distill import DistillModule
-from r1lightning.modules.grpo import GRPOModule, RolloutSettings
+from r1lightning.modules.grpo import GRPOModule, Trajectory
 from r1lightning.modules.sft import SFTModule
 
-__all__ = ["DistillModule", "GRPOModule", "PolicyModule", "RolloutSettings", "SFTModule"]
+__all__ = ["DistillModule", "GRPOModule", "PolicyModule", "SFTModule", "Trajectory"]

@@ -69,7 +69,7 @@ class PolicyModule(pl.LightningModule):
         self.val_pass1 = PassAtK(k=1)
         self.val_cons = ConsAtK()
         self._eval_engine: Optional[RolloutEngine] = None
-        self._val_stats: dict[str, list[float]] = {}
+        self._val_stats: dict[str, float] = {}
 
     @property
     def tokenizer(self):
@@ -80,8 +80,13 @@ class PolicyModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self):
+        from r1lightning.precision import check_master_weights
+
         hp = self.hparams
-        params = [p for p in self.policy.build().parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self.policy.build().named_parameters() if p.requires_grad]
+        # bf16/fp16 trainable weights would round AdamW steps at lr 3e-6 away: refuse them (r1lightning.precision)
+        check_master_weights(named, self._trainer.precision if self._trainer is not None else None)
+        params = [p for _, p in named]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]  # norms and biases are not decayed
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -136,24 +141,38 @@ class PolicyModule(pl.LightningModule):
             answers.append(extract_boxed(a) or a if a is not None else None)
         self.val_pass1.update(correct)
         self.val_cons.update([answers[i * s.n : (i + 1) * s.n] for i in range(len(prompt_ids))], correct)
+        # sums, so that shards of different sizes on different ranks reduce to the exact global means
         stats = {
-            "format_rate": sum(format_reward(out.texts)) / len(out.texts),
-            "completion_length": out.num_completion_tokens / len(out.texts),
-            "truncated_ratio": sum(out.truncated) / len(out.texts),
-            "eval_s": time.perf_counter() - t0,
+            "samples": float(len(out.texts)),
+            "format_rate": float(sum(format_reward(out.texts))),
+            "completion_length": float(out.num_completion_tokens),
+            "truncated_ratio": float(sum(out.truncated)),
         }
         for k, v in stats.items():
-            self._val_stats.setdefault(k, []).append(v)
+            self._val_stats[k] = self._val_stats.get(k, 0.0) + v
+        self._val_stats["eval_s"] = self._val_stats.get("eval_s", 0.0) + time.perf_counter() - t0
         return stats
 
     def _collect_sampled_eval(self, prefix: str) -> dict[str, float]:
-        """pass@1, cons@n and sample statistics accumulated since the last call (then reset)."""
+        """pass@1, cons@n and sample statistics accumulated since the last call, over all ranks (then reset).
+
+        Every rank must call it (the metrics and the sums are reduced with collectives), also one whose
+        shard of the evaluation set was empty."""
         n = self.eval_sampling.n
         metrics = {f"{prefix}/pass@1": float(self.val_pass1.compute())}
         if n > 1:
             metrics[f"{prefix}/cons@{n}"] = float(self.val_cons.compute())
-        for k, vals in self._val_stats.items():
-            metrics[f"{prefix}/{k}"] = sum(vals) / len(vals)
+        keys = ("samples", "format_rate", "completion_length", "truncated_ratio", "eval_s")
+        values = [float(self._val_stats.get(k, 0.0)) for k in keys]
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world > 1:
+            values = self.trainer.strategy.reduce(
+                torch.tensor(values, dtype=torch.float64, device=self.device), reduce_op="sum").tolist()
+        totals = dict(zip(keys, values))
+        samples = max(totals.pop("samples"), 1.0)
+        totals["eval_s"] /= world  # seconds per rank
+        for k, v in totals.items():
+            metrics[f"{prefix}/{k}"] = v if k == "eval_s" else v / samples
         self.val_pass1.reset()
         self.val_cons.reset()
         self._val_stats = {}
@@ -162,8 +181,9 @@ class PolicyModule(pl.LightningModule):
     def log_sampled_eval(self, prefix: str = "val") -> None:
         if self.eval_sampling is None or self.val_pass1.count == 0:
             return
+        # already reduced over ranks: sync_dist only averages equal values (and tells Lightning they are global)
         for k, v in self._collect_sampled_eval(prefix).items():
-            self.log(k, v, prog_bar=k.endswith("pass@1"))
+            self.log(k, v, prog_bar=k.endswith("pass@1"), sync_dist=True)
 
     # ---------------------------------------------------------------- export
     def on_fit_end(self) -> None:

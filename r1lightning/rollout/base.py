@@ -56,8 +56,9 @@ class RolloutBatch:
 
 
 class RolloutEngine(ABC):
-    """Generates from the current policy. Engines that hold their own copy of the weights implement
-    :meth:`update_weights`; the trainer (or ``VLLMRolloutRefresh``) calls it after optimizer steps."""
+    """Generates from the current policy. Engines that hold their own copy of the weights
+    (``holds_weights``) implement :meth:`update_weights`; the LightningModule calls it before a rollout
+    whenever the policy changed since the last push, then tells the callbacks (``on_engine_sync``)."""
 
     holds_weights: bool = False
 
@@ -65,4 +66,49 @@ class RolloutEngine(ABC):
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> RolloutBatch: ...
 
     def update_weights(self, policy) -> dict:
+        """Push the policy's current weights; returns ``{"seconds", "bytes", "tensors", ...}`` ({} = nothing to do)."""
         return {}
+
+
+class EngineSettings:
+    """How to build a rollout engine; one subclass per engine, picked in YAML by ``class_path``::
+
+        rollout:
+          class_path: r1lightning.rollout.VLLMEngineSettings
+          init_args: {gpu_memory_utilization: 0.35}
+
+    A plain class rather than a dataclass: jsonargparse offers ``class_path`` selection (and lists each
+    subclass's ``__init__`` arguments in ``--help``) for ordinary classes. Subclasses keep their
+    arguments as attributes of the same names; equality and ``repr`` follow those attributes, so
+    settings restored from a checkpoint's hyperparameters compare equal to the originals.
+    """
+
+    def build(self, policy) -> RolloutEngine:
+        """Create the engine for ``policy`` (a :class:`~r1lightning.policy.Policy`)."""
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__qualname__, repr(sorted(vars(self).items()))))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class EngineSettings:
+    """Base of the per-engine settings classes (chosen in YAML by ``class_path``, like any other class):
+    :class:`~r1lightning.rollout.hf.HFEngineSettings`, :class:`~r1lightning.rollout.vllm.VLLMEngineSettings`."""
+
+    def build(self, policy) -> RolloutEngine:
+        """The engine for ``policy``, holding its current weights."""
+        raise NotImplementedError(f"{type(self).__name__} must implement build(policy)")
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and vars(self) == vars(other)

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from r1lightning.rollout.base import RolloutBatch, RolloutEngine, SamplingSettings
+from r1lightning.rollout.base import EngineSettings, RolloutBatch, RolloutEngine, SamplingSettings
 
 
 class HFRolloutEngine(RolloutEngine):
@@ -93,3 +93,35 @@ class HFRolloutEngine(RolloutEngine):
             n=sampling.n, logprobs=logprobs,
             stats={"generate_s": elapsed, "tokens": ntok, "tokens_per_s": ntok / max(elapsed, 1e-9)},
         )
+
+
+class HFEngineSettings(EngineSettings):
+    """Rollouts with transformers ``generate`` on the training model itself (no weight copy, nothing to sync)."""
+
+    def __init__(self, max_batch_size: int = 256):
+        """
+        Args:
+            max_batch_size: Sequences generated at once (prompts x samples are split into chunks of this size).
+        """
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.max_batch_size = max_batch_size
+
+    def build(self, policy) -> HFRolloutEngine:
+        return HFRolloutEngine(policy, max_batch_size=self.max_batch_size)
+
+
+class HFEngineSettings(EngineSettings):
+    """Sample with transformers ``generate`` on the training model itself (no weight copy, no sync)."""
+
+    def __init__(self, max_batch_size: int = 256):
+        """
+        Args:
+            max_batch_size: Sequences generated at once (prompts x G are split into chunks of this size).
+        """
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
+        self.max_batch_size = max_batch_size
+
+    def build(self, policy) -> HFRolloutEngine:
+        return HFRolloutEngine(policy, max_batch_size=self.max_batch_size)

@@ -8,7 +8,8 @@ from r1lightning.rollout.base import RolloutBatch, SamplingSettings
 
 
 class FakeModule(SimpleNamespace):
-    """``last_rollout`` / ``last_rewards`` / ``sampling`` / ``engine`` plus a ``log`` that records."""
+    """``sampling`` / ``engine`` plus a ``log`` that records; ``last_rollout`` / ``last_rewards`` are what the
+    step would return, handed to the callbacks as ``outputs`` (see :attr:`outputs`)."""
 
     def __init__(self, **kwargs):
         kwargs.setdefault("sampling", SamplingSettings())
@@ -16,6 +17,14 @@ class FakeModule(SimpleNamespace):
         super().__init__(**kwargs)
         self.logged: dict[str, float] = {}
         self.log_calls: list[tuple[str, float, dict]] = []
+
+    @property
+    def outputs(self):
+        """What GRPOModule.training_step returns: ``{"trajectory": ...}`` with ``rollout`` and ``per_fn``."""
+        rollout = getattr(self, "last_rollout", None)
+        if rollout is None:
+            return None
+        return {"trajectory": SimpleNamespace(rollout=rollout, per_fn=getattr(self, "last_rewards", None) or {})}
 
     def log(self, name, value, **kwargs):
         self.logged[name] = value

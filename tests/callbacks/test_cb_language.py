@@ -31,7 +31,7 @@ def mmath():
 
 def run(cb, texts, accuracy=None, step=0):
     module = FakeModule(last_rollout=make_rollout(texts), last_rewards={} if accuracy is None else {"accuracy": accuracy})
-    cb.on_train_batch_end(fake_trainer(step), module, None, None, 0)
+    cb.on_train_batch_end(fake_trainer(step), module, module.outputs, None, 0)
     return module.logged
 
 
@@ -75,7 +75,7 @@ def test_custom_correctness_reward_and_empty_split():
     cb = LanguageConsistencyTracker(correctness_reward="math_verify")
     module = FakeModule(last_rollout=make_rollout([think("one two"), think("三 四")]),
                         last_rewards={"accuracy": [0.0, 0.0], "math_verify": [1.0, 1.0]})
-    cb.on_train_batch_end(fake_trainer(), module, None, None, 0)
+    cb.on_train_batch_end(fake_trainer(), module, module.outputs, None, 0)
     # both correct by math_verify: the incorrect mean has no samples and is not logged (no NaN)
     assert module.logged["lang/consistency_correct"] == pytest.approx(0.5, abs=1e-12)  # (1 + 0) / 2
     assert "lang/consistency_incorrect" not in module.logged
@@ -84,15 +84,15 @@ def test_custom_correctness_reward_and_empty_split():
 def test_skips_missing_rollout_repeated_rollout_and_off_steps():
     cb = LanguageConsistencyTracker(every_n_steps=2)
     module = FakeModule()  # no last_rollout attribute at all
-    cb.on_train_batch_end(fake_trainer(1), module, None, None, 0)
+    cb.on_train_batch_end(fake_trainer(1), module, module.outputs, None, 0)
     assert module.logged == {}
     module.last_rollout = make_rollout([think("hello world")])
-    cb.on_train_batch_end(fake_trainer(0), module, None, None, 0)  # (0 + 1) % 2 != 0: off step
+    cb.on_train_batch_end(fake_trainer(0), module, module.outputs, None, 0)  # (0 + 1) % 2 != 0: off step
     assert module.logged == {}
-    cb.on_train_batch_end(fake_trainer(1), module, None, None, 0)
+    cb.on_train_batch_end(fake_trainer(1), module, module.outputs, None, 0)
     assert module.logged["lang/consistency_mean"] == 1.0
     module.logged.clear()
-    cb.on_train_batch_end(fake_trainer(3), module, None, None, 0)  # same rollout object: not measured twice
+    cb.on_train_batch_end(fake_trainer(3), module, module.outputs, None, 0)  # same rollout object: not measured twice
     assert module.logged == {}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
@@ -21,7 +22,7 @@ CALLBACK_YAMLS = sorted((REPO / "callbacks").glob("*.yaml"))
 
 
 class FakeRolloutModule(pl.LightningModule):
-    """Stands in for GRPOModule: leaves a fixed rollout in ``last_rollout`` after each step and
+    """Stands in for GRPOModule: returns a fixed rollout as ``outputs["trajectory"]`` from each step and
     records the ``max_new_tokens`` it would have sampled with."""
 
     TEXTS = ("<think>Wait, let me check 答案</think><answer>4</answer>",  # lang 4/6 (Wait let me check / 答 案); 3 reflective
@@ -41,10 +42,10 @@ class FakeRolloutModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         self.seen_lengths.append(self.sampling.max_new_tokens)
-        self.last_rollout = RolloutBatch(prompt_ids=[[1]], completion_ids=[[0] * 10, [0] * 10],
-                                         texts=list(self.TEXTS), truncated=[False, False], n=2)
-        self.last_rewards = {"accuracy": [1.0, 0.0], "format": [1.0, 1.0]}
-        return self.layer(batch).pow(2).mean()
+        rollout = RolloutBatch(prompt_ids=[[1]], completion_ids=[[0] * 10, [0] * 10],
+                               texts=list(self.TEXTS), truncated=[False, False], n=2)
+        trajectory = SimpleNamespace(rollout=rollout, per_fn={"accuracy": [1.0, 0.0], "format": [1.0, 1.0]})
+        return {"loss": self.layer(batch).pow(2).mean(), "trajectory": trajectory}
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)

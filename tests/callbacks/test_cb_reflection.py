@@ -67,7 +67,7 @@ def test_callback_hand_computed():
     tokens = [20, 10, 10, 20]  # 60 completion tokens
     module = FakeModule(last_rollout=make_rollout(texts, tokens), last_rewards={"accuracy": [1.0, 0.0, 1.0, 0.0]})
     cb = ReflectiveTokenStats(words=WORDS)
-    cb.on_train_batch_end(fake_trainer(), module, None, None, 0)
+    cb.on_train_batch_end(fake_trainer(), module, module.outputs, None, 0)
     got = module.logged
     assert got["reflect/per_1k_tokens"] == pytest.approx(1000 * 12 / 60, abs=1e-9)           # 12 matches / 60 tokens = 200
     assert got["reflect/share_with_any"] == pytest.approx(3 / 4, abs=1e-12)                  # rows 0, 1, 3
@@ -88,7 +88,7 @@ def test_callback_hand_computed():
 
 def test_callback_without_correctness_and_with_empty_completions():
     module = FakeModule(last_rollout=make_rollout(["", "wait"], [0, 0]), last_rewards={"format": [1.0, 0.0]})
-    ReflectiveTokenStats().on_train_batch_end(fake_trainer(), module, None, None, 0)
+    ReflectiveTokenStats().on_train_batch_end(fake_trainer(), module, module.outputs, None, 0)
     # no tokens at all: per-1k rates undefined and not logged; share 1/2 still is; no accuracy -> no splits
     assert module.logged == {"reflect/share_with_any": 0.5}
 

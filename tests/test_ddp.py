@@ -48,3 +48,62 @@ def test_grpo_ddp_two_ranks_trains_and_resumes(tmp_path):
     assert (tmp_path / "export" / "model.safetensors").exists()  # rank 0 exported the policy
     ckpts = sorted(glob.glob(str(tmp_path / "ckpt" / "*.ckpt")), key=os.path.getmtime)
     assert torch.load(ckpts[-1], map_location="cpu", weights_only=False)["global_step"] == 4
+
+
+WORKER = ROOT / "tests" / "ddp_grpo_worker.py"
+
+
+def run_worker(out, devices, timeout=300):
+    """Run the scripted GRPO fit; a hang fails the test and no rank is left behind (own process group)."""
+    import signal
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(WORKER), "--devices", str(devices), "--out", str(out)], cwd=out,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"the {devices}-process GRPO fit did not finish in {timeout} s (collectives out of step?)")
+    assert proc.returncode == 0, log[-3000:]
+    return [torch.load(p, map_location="cpu", weights_only=False) for p in sorted(Path(out).glob("rank*.pt"))]
+
+
+@pytest.fixture(scope="module")
+def scripted_runs(tmp_path_factory):
+    one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
+    return run_worker(one, 1), run_worker(two, 2)
+
+
+@pytest.mark.slow
+def test_grpo_ddp_uneven_work_finishes_with_equal_weights(scripted_runs):
+    """Rank 0: short completions, and a mini-batch with no row left (zero-variance groups filtered); rank 1:
+    long completions split into many micro-batches. Before the equal-work fix this deadlocked."""
+    _, (r0, r1) = scripted_runs
+    assert r0["global_step"] == r1["global_step"] == 8  # 2 rollouts x mu 2 x 2 mini-batches
+    for step0, step1 in zip(r0["work"], r1["work"]):
+        # the same number of micro-batches in every mini-batch on both ranks ...
+        assert [n for n, _ in step0] == [n for n, _ in step1]
+        assert all(pad == 0 for _, pad in step1)  # ... rank 1 sets the count, rank 0 pads up to it
+    assert all(pad > 0 for step in r0["work"] for _, pad in step)
+    assert any(n == pad for step in r0["work"] for n, pad in step)  # a mini-batch with no real row on rank 0
+    for name, p in r0["params"].items():
+        assert torch.equal(p, r1["params"][name]), name  # one all-reduced gradient per step: identical replicas
+
+
+@pytest.mark.slow
+def test_grpo_two_ranks_match_one_process_step_for_step(scripted_runs):
+    """Same rollouts (scripted engine), 2 ranks vs 1 process on the union of their prompts: global loss
+    normalisers and one all-reduce per optimizer step make it the same algorithm."""
+    (single,), (r0, _) = scripted_runs
+    assert single["global_step"] == r0["global_step"]
+    assert len(single["metrics"]) == len(r0["metrics"]) == 2
+    for a, b in zip(single["metrics"], r0["metrics"]):
+        for key in ("train/loss", "train/policy_loss", "train/kl", "train/grad_norm", "train/reward",
+                    "train/reward_std", "train/kept_ratio", "train/completion_length/mean", "train/entropy"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+    moved = max(float(p.abs().max()) for p in single["params"].values())
+    assert moved > 0.1
+    for name, p in single["params"].items():
+        torch.testing.assert_close(r0["params"][name], p, atol=1e-5, rtol=0, msg=name)

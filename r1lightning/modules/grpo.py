@@ -672,7 +672,7 @@ class GRPOModule(PolicyModule):
         def std(total: float, sq: float, count: float) -> float:
             return max(0.0, (sq - total * total / count) / (count - 1)) ** 0.5 if count > 1 else 0.0
 
-        steps = max(s["steps"], 1.0)
+        steps = max(s["steps"] / self._world_size, 1.0)  # optimizer steps of the step (equal on every rank)
         tmean = {k: (s[f"{k}.total"] / s[f"{k}.weight"] if s[f"{k}.weight"] else 0.0) for k in _TOKEN_STATS}
         metrics = {
             "reward": s["reward"] / s["n"],
@@ -685,7 +685,7 @@ class GRPOModule(PolicyModule):
             "kept_ratio": s["kept"] / s["n"],  # share of completions that entered the loss
             "loss": s["loss"] / steps,  # mean over the step's optimizer steps (the sum over ranks is one loss)
             "policy_loss": s["policy_loss"] / steps,
-            "optimizer_steps": s["steps"] / self._world_size,
+            "optimizer_steps": steps if s["steps"] else 0.0,
             "kl": tmean["kl"],
             "clip_ratio/low": tmean["clip_low"],
             "clip_ratio/high": tmean["clip_high"],

@@ -413,6 +413,11 @@ class GRPOModule(PolicyModule):
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         return self.trainer.strategy.reduce(t, reduce_op=op).tolist()
 
+    @staticmethod
+    def _split(values: list[float]) -> tuple[list[float], list[float]]:
+        half = len(values) // 2
+        return values[:half], values[half:]
+
     def _no_grad_sync(self):
         """No gradient all-reduce on this backward (DDP no_sync); the last micro-batch of a step syncs."""
         if self._world_size > 1 and hasattr(self.trainer.strategy, "block_backward_sync"):
@@ -501,12 +506,9 @@ class GRPOModule(PolicyModule):
             groups = [[rows[i] for i in m] for m in micro_batches(lengths, hp.micro_batch_tokens)]
             local.append(groups)
             counts += [float(len(groups)), float(len(rows)), float(sum(len(completions[r]) for r in rows))]
-        if self._world_size > 1:  # the max micro-batch count needs a max, the normalisers a sum: one gather
-            gathered = self.all_gather(torch.tensor(counts, dtype=torch.float64, device=self.device))  # (W, 3M)
-            glob = gathered.view(self._world_size, -1, 3)
-            n_micro, n_seq, n_tok = glob[..., 0].amax(0).tolist(), glob[..., 1].sum(0).tolist(), glob[..., 2].sum(0).tolist()
-        else:
-            n_micro, n_seq, n_tok = counts[0::3], counts[1::3], counts[2::3]
+        # every rank runs the largest micro-batch count of each mini-batch; the loss normalisers are global sums
+        n_micro = self._reduce(counts[0::3], "max")
+        n_seq, n_tok = self._split(self._reduce(counts[1::3] + counts[2::3], "sum"))
         need_old = hp.mu > 1 or hp.num_minibatches > 1
         minibatches, padding = [], None
         for groups, mb_micro, mb_seq, mb_tok in zip(local, n_micro, n_seq, n_tok):

@@ -22,8 +22,12 @@ Departures from the paper, all deliberate:
   of 0.1 in fp32), which would otherwise become a spurious ~1e-4 advantage; and with G = 1 the
   unbiased std is 0/0. Such groups carry no learning signal (DAPO's dynamic sampling drops them:
   see :func:`zero_std_group_mask`).
-- The std is the unbiased (n - 1) estimator by default, like ``torch.std`` as used by TRL and the
-  DeepSeekMath code; ``std_unbiased=False`` gives the population std.
+- The papers write "std" without saying which. ``std="unbiased"`` (the default) divides the sum of
+  squares by G - 1, like ``torch.std``'s default and therefore TRL's GRPOTrainer;
+  ``std="population"`` divides by G (``numpy.std``, ``torch.std(correction=0)``). The population std
+  is smaller by sqrt((G - 1) / G), so its advantages are larger by sqrt(G / (G - 1)): 1.155x at
+  G = 4, 1.033x at R1's G = 16. The same choice applies to ``scale="batch"`` and the logged
+  ``reward_std``.
 - ``scale`` also offers the peer variants: ``"batch"`` divides the group-centred reward by the
   std of all rewards in the batch (REINFORCE++ / Lite PPO, TRL ``scale_rewards="batch"``) and
   ``"none"`` does not divide at all (Dr. GRPO, which argues the std term biases towards
@@ -39,6 +43,8 @@ from torch import Tensor
 
 AdvantageScale = Literal["group", "batch", "none"]
 SCALES = ("group", "batch", "none")
+StdEstimator = Literal["unbiased", "population"]
+STDS = ("unbiased", "population")
 
 
 def _check_group_size(n: int, group_size: int) -> int:
@@ -114,7 +120,7 @@ def group_advantages(
     group_size: int,
     scale: AdvantageScale = "group",
     eps: float = 1e-4,
-    std_unbiased: bool = True,
+    std: StdEstimator = "unbiased",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Group-relative advantages, ``A_i = (r_i - mean(group)) / (std + eps)`` (GRPO).
 
@@ -126,8 +132,9 @@ def group_advantages(
         scale: ``"group"`` divide by the group's std (GRPO / R1); ``"batch"`` divide by the std
             of all ``N`` rewards (REINFORCE++ / Lite PPO); ``"none"`` no division (Dr. GRPO).
         eps: added to the std before dividing.
-        std_unbiased: unbiased (n - 1) std like ``torch.std`` / TRL (default); False for the
-            population std. Applies to the group std, the batch std and ``stats["reward_std"]``.
+        std: ``"unbiased"`` (divide by n - 1, ``torch.std``'s default, TRL) or ``"population"``
+            (divide by n, ``numpy.std``). Applies to the group std, the batch std and
+            ``stats["reward_std"]``; with G = 1 both give 0 (and the advantages are 0 anyway).
 
     Returns:
         ``(advantages, stats)``. ``advantages`` is ``(N,)``; groups whose rewards are all equal get
@@ -137,10 +144,13 @@ def group_advantages(
 
     Raises:
         ValueError: empty or non-1-D ``rewards``, ``group_size < 1``, ``N`` not a multiple of G,
-            unknown ``scale``, negative ``eps``.
+            unknown ``scale`` or ``std``, negative ``eps``.
     """
     if scale not in SCALES:
         raise ValueError(f"scale={scale!r}: expected one of {SCALES}")
+    if std not in STDS:
+        raise ValueError(f"std={std!r}: expected one of {STDS}")
+    unbiased = std == "unbiased"
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     rewards = _as_float(rewards)
@@ -148,21 +158,21 @@ def group_advantages(
     grouped = rewards.view(num_groups, group_size)  # (num_groups, G)
 
     group_mean = grouped.mean(dim=1, keepdim=True)  # (num_groups, 1)
-    group_std = _std(grouped, dim=1, unbiased=std_unbiased)  # (num_groups,)
+    group_std = _std(grouped, dim=1, unbiased=unbiased)  # (num_groups,)
     zero_std = grouped.amax(dim=1) == grouped.amin(dim=1)  # (num_groups,)
     centred = grouped - group_mean  # (num_groups, G)
 
     if scale == "group":
         adv = centred / (group_std[:, None] + eps)
     elif scale == "batch":
-        adv = centred / (_std(rewards, dim=None, unbiased=std_unbiased) + eps)
+        adv = centred / (_std(rewards, dim=None, unbiased=unbiased) + eps)
     else:
         adv = centred
     adv = torch.where(zero_std[:, None], torch.zeros_like(adv), adv).reshape(-1)  # (N,)
 
     stats = {
         "reward_mean": rewards.mean().detach(),
-        "reward_std": _std(rewards, dim=None, unbiased=std_unbiased).detach(),
+        "reward_std": _std(rewards, dim=None, unbiased=unbiased).detach(),
         "frac_zero_std": zero_std.float().mean().detach(),
         "group_std": group_std.detach(),
     }

@@ -31,8 +31,43 @@ def test_hand_group_of_four():
     adv, _ = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), group_size=4)
     torch.testing.assert_close(adv, torch.tensor([0.8658754, -0.8658754, -0.8658754, 0.8658754]), atol=1e-6, rtol=0)
     # population std: sqrt(4 * 0.25 / 4) = 0.5, adv = 0.5 / 0.5001 = 0.99980
-    adv, _ = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), group_size=4, std_unbiased=False)
+    adv, _ = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), group_size=4, std="population")
     torch.testing.assert_close(adv, torch.tensor([0.9998000, -0.9998000, -0.9998000, 0.9998000]), atol=1e-6, rtol=0)
+
+
+def test_hand_one_right_of_four_population_vs_unbiased():
+    # rewards [1, 0, 0, 0], G = 4: mean 0.25, centred [0.75, -0.25, -0.25, -0.25],
+    # sum of squares 0.5625 + 3 * 0.0625 = 0.75
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    # population: sqrt(0.75 / 4) = sqrt(3)/4 = 0.4330127; 0.75 / 0.4331127 = 1.7316509, -0.25 / 0.4331127 = -0.5772170
+    adv, stats = group_advantages(rewards, 4, std="population")
+    torch.testing.assert_close(adv, torch.tensor([1.7316509, -0.5772170, -0.5772170, -0.5772170]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(stats["group_std"], torch.tensor([0.4330127]), atol=1e-7, rtol=0)
+    torch.testing.assert_close(stats["reward_std"], torch.tensor(0.4330127), atol=1e-7, rtol=0)  # one group = batch
+    # unbiased: sqrt(0.75 / 3) = 0.5 exactly; 0.75 / 0.5001 = 1.4997001, -0.25 / 0.5001 = -0.4999000
+    adv, stats = group_advantages(rewards, 4, std="unbiased")
+    torch.testing.assert_close(adv, torch.tensor([1.4997001, -0.4999000, -0.4999000, -0.4999000]), atol=1e-6, rtol=0)
+    assert stats["group_std"].item() == 0.5
+    # default is unbiased
+    assert torch.equal(group_advantages(rewards, 4)[0], adv)
+    # batch scale with one group divides by the same std: identical to "group" in both modes
+    for std in ("unbiased", "population"):
+        torch.testing.assert_close(group_advantages(rewards, 4, scale="batch", std=std)[0],
+                                   group_advantages(rewards, 4, scale="group", std=std)[0], atol=0, rtol=0)
+
+
+def test_hand_batch_scale_population():
+    # [1, 0 | 0, 0], G = 2, scale="batch": batch mean 0.25, sum of squares 0.75 (as above)
+    # population batch std sqrt(0.75 / 4) = 0.4330127; group 0 centred +-0.5 -> 0.5 / 0.4331127 = 1.1544339;
+    # group 1 all equal -> exactly 0
+    adv, stats = group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), 2, scale="batch", std="population")
+    torch.testing.assert_close(adv, torch.tensor([1.1544339, -1.1544339, 0.0, 0.0]), atol=1e-6, rtol=0)
+    assert adv[2:].tolist() == [0.0, 0.0]
+    # group std of [1, 0] with population: 0.5; of [0, 0]: 0
+    torch.testing.assert_close(stats["group_std"], torch.tensor([0.5, 0.0]), atol=1e-7, rtol=0)
+    # unbiased batch std sqrt(0.75 / 3) = 0.5: 0.5 / 0.5001 = 0.9998000
+    adv, _ = group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), 2, scale="batch", std="unbiased")
+    torch.testing.assert_close(adv, torch.tensor([0.9998000, -0.9998000, 0.0, 0.0]), atol=1e-6, rtol=0)
 
 
 def test_hand_batch_and_none_scales():
@@ -74,20 +109,21 @@ def _reference(rewards: list[float], g: int, scale: str, unbiased: bool) -> list
 
 
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
-@pytest.mark.parametrize("unbiased", [True, False])
+@pytest.mark.parametrize("std", ["unbiased", "population"])
 @pytest.mark.parametrize("g", [2, 3, 8])
-def test_matches_reference_loop(scale, unbiased, g):
+def test_matches_reference_loop(scale, std, g):
     gen = torch.Generator().manual_seed(g)
     rewards = torch.randint(0, 3, (6 * g,), generator=gen).float() * 0.5  # ties and equal groups
     rewards[:g] = 1.0  # one group certainly all equal
     rewards[g : 2 * g] = torch.rand(g, generator=gen)  # one with continuous rewards
-    adv, stats = group_advantages(rewards, g, scale=scale, std_unbiased=unbiased)
-    expected = torch.tensor(_reference(rewards.tolist(), g, scale, unbiased))
+    adv, stats = group_advantages(rewards, g, scale=scale, std=std)
+    expected = torch.tensor(_reference(rewards.tolist(), g, scale, std == "unbiased"))
     torch.testing.assert_close(adv, expected, atol=1e-6, rtol=0)
-    # stats against torch built-ins
+    # stats against torch built-ins: correction=1 is the unbiased (n - 1) std, correction=0 the population one
+    correction = 1 if std == "unbiased" else 0
     grouped = rewards.view(-1, g)
-    torch.testing.assert_close(stats["group_std"], grouped.std(dim=1, unbiased=unbiased), atol=1e-6, rtol=0)
-    torch.testing.assert_close(stats["reward_std"], rewards.std(unbiased=unbiased), atol=1e-6, rtol=0)
+    torch.testing.assert_close(stats["group_std"], torch.std(grouped, dim=1, correction=correction), atol=1e-6, rtol=0)
+    torch.testing.assert_close(stats["reward_std"], torch.std(rewards, correction=correction), atol=1e-6, rtol=0)
     torch.testing.assert_close(stats["reward_mean"], rewards.mean(), atol=1e-6, rtol=0)
     n_equal = sum(max(row) == min(row) for row in grouped.tolist())
     assert stats["frac_zero_std"].item() == pytest.approx(n_equal / grouped.shape[0], abs=1e-7)
@@ -115,13 +151,24 @@ def test_equal_rewards_give_exactly_zero(scale):
         assert not torch.isnan(stats["reward_std"])
 
 
+@pytest.mark.parametrize("std", ["unbiased", "population"])
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
-def test_group_size_one_gives_zero_not_nan(scale):
-    # unbiased std of one sample is 0/0; a lone sample has no baseline -> advantage 0
-    adv, stats = group_advantages(torch.tensor([1.0, 0.0, 0.5]), 1, scale=scale)
+def test_group_size_one_gives_zero_not_nan(scale, std):
+    # unbiased std of one sample is 0/0, population std is 0; a lone sample has no baseline -> advantage 0
+    adv, stats = group_advantages(torch.tensor([1.0, 0.0, 0.5]), 1, scale=scale, std=std)
     assert torch.equal(adv, torch.zeros(3))
     assert torch.equal(stats["group_std"], torch.zeros(3))
     assert stats["frac_zero_std"].item() == 1.0
+    assert not torch.isnan(stats["reward_std"])
+
+
+@pytest.mark.parametrize("scale", ["group", "batch"])
+def test_equal_rewards_exactly_zero_with_population_std(scale):
+    # population std of [0.9, 0.9, 0.9] is 0 (or a rounding error): still exactly 0, never r - mean / eps
+    for rewards, g in [(torch.full((6,), 0.9), 3), (torch.full((32,), 0.7), 16), (torch.ones(4), 4)]:
+        adv, stats = group_advantages(rewards, g, scale=scale, std="population")
+        assert torch.equal(adv, torch.zeros_like(rewards)), (rewards, adv)
+        assert stats["frac_zero_std"].item() == 1.0
 
 
 def test_single_reward_stats_not_nan():
@@ -164,6 +211,10 @@ def test_invalid_scale_and_eps():
         group_advantages(torch.zeros(4), 2, scale="global")
     with pytest.raises(ValueError, match="eps"):
         group_advantages(torch.zeros(4), 2, eps=-1.0)
+    with pytest.raises(ValueError, match="std='sample'"):
+        group_advantages(torch.zeros(4), 2, std="sample")
+    with pytest.raises(ValueError, match="std=True"):
+        group_advantages(torch.zeros(4), 2, std=True)  # the old boolean spelling is refused, not misread
 
 
 # ---------------------------------------------------------------- dynamic-sampling helpers

@@ -16,13 +16,17 @@ Schedules (``trainer.global_step``, which counts optimizer steps as the paper's 
   increasing steps; before the first milestone the length is ``start``.
 
 The callback sets ``pl_module.sampling.max_new_tokens`` before every training batch (so it is the
-same on every rank, keyed off ``global_step``) and, when the rollout engine exists and holds its own
-copy of the sampling parameters, tells it through ``set_max_new_tokens`` / ``set_max_tokens``.
-Everything in GRPO that reads the cap follows it: truncation, the DAPO overlong penalty window and
-the Dr. GRPO normaliser. Held-out evaluation (``eval_sampling``) is not touched. Logged as
-``gen/max_new_tokens``. The last applied length and step are saved in checkpoints; on resume the
-schedule is re-applied at the restored step before the first batch (and a warning is given when
-it disagrees with the checkpoint, i.e. the schedule was changed between runs).
+same on every rank, keyed off ``global_step``). Nothing else needs telling: the engines keep no
+sampling state of their own but build their sampling parameters from the ``SamplingSettings`` passed
+to each ``generate`` call, so the next rollout already uses the new cap, and so does everything in
+GRPO that reads it: truncation, the DAPO overlong penalty window and the Dr. GRPO normaliser. What an
+engine does fix at start-up is its context length: when the engine reports a ``max_model_len`` below
+the scheduled cap a warning is logged once (vLLM cuts each completion to ``max_model_len`` minus the
+prompt length, reported as truncated), naming the option to raise. Held-out evaluation
+(``eval_sampling``) is not touched. Logged as ``gen/max_new_tokens``. The last applied length and
+step are saved in checkpoints; on resume the schedule is re-applied at the restored step before the
+first batch (and a warning is given when it disagrees with the checkpoint, i.e. the schedule was
+changed between runs).
 """
 
 from __future__ import annotations
@@ -37,8 +41,6 @@ from lightning.pytorch.callbacks import Callback
 log = logging.getLogger(__name__)
 
 __all__ = ["GenerationLengthScheduler"]
-
-_ENGINE_SETTERS = ("set_max_new_tokens", "set_max_tokens")
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -105,6 +107,7 @@ class GenerationLengthScheduler(Callback):
         self.last_length: int | None = None
         self.last_step: int | None = None
         self._restored: tuple[int | None, int | None] | None = None
+        self._warned: tuple[int, int] | None = None
 
     def max_new_tokens_at(self, step: int) -> int:
         """The scheduled length at optimizer step ``step``."""
@@ -126,7 +129,7 @@ class GenerationLengthScheduler(Callback):
         return length
 
     def apply(self, pl_module: pl.LightningModule, step: int) -> int:
-        """Set the scheduled length for ``step`` on ``pl_module`` (and its engine); returns it."""
+        """Set the scheduled length for ``step`` on ``pl_module.sampling``; returns it."""
         sampling = getattr(pl_module, "sampling", None)
         if sampling is None or not hasattr(sampling, "max_new_tokens"):
             raise TypeError(f"GenerationLengthScheduler needs a module with `sampling.max_new_tokens` (GRPOModule); "
@@ -135,17 +138,16 @@ class GenerationLengthScheduler(Callback):
         if sampling.max_new_tokens != length:
             log.info("GenerationLengthScheduler: max_new_tokens %s -> %d at step %d", sampling.max_new_tokens, length, step)
             sampling.max_new_tokens = length
-        engine = getattr(pl_module, "engine", None)
-        if engine is not None:
-            for name in _ENGINE_SETTERS:
-                setter = getattr(engine, name, None)
-                if callable(setter):
-                    setter(length)
-                    break
-            max_model_len = getattr(engine, "max_model_len", None)
-            if isinstance(max_model_len, int) and length > max_model_len:
-                log.warning("GenerationLengthScheduler: max_new_tokens=%d exceeds the engine's max_model_len=%d; "
-                            "raise rollout.vllm_max_model_len", length, max_model_len)
+        # the engine reads max_new_tokens from the SamplingSettings of each generate call; only its
+        # context length is fixed when it starts
+        max_model_len = getattr(getattr(pl_module, "engine", None), "max_model_len", None)
+        if isinstance(max_model_len, int) and length > max_model_len and self._warned != (length, max_model_len):
+            self._warned = (length, max_model_len)  # once per (length, engine limit), not every step
+            log.warning("GenerationLengthScheduler: max_new_tokens=%d exceeds the engine's max_model_len=%d, so "
+                        "completions are cut at max_model_len minus the prompt length (and count as truncated); "
+                        "raise max_model_len in r1lightning.rollout.VLLMEngineSettings (YAML: "
+                        "model.init_args.rollout.init_args.max_model_len) to at least the longest prompt + %d",
+                        length, max_model_len, length)
         self.last_length, self.last_step = length, step
         return length
 

@@ -42,7 +42,8 @@ from typing import Any, Literal, Optional
 import torch
 from torch import Tensor, nn
 
-from r1lightning.advantages import group_advantages, zero_std_group_mask
+from r1lightning.advantages import group_advantages
+from r1lightning.dapo import ScoredCompletions, keep_mask, splice_groups, zero_variance_groups
 from r1lightning.losses import grpo_loss
 from r1lightning.modules.base import PolicyModule, expand_columns
 from r1lightning.policy import PolicyConfig, causal_lm_token_logprobs
@@ -464,7 +465,7 @@ class GRPOModule(PolicyModule):
         resampled = 0
         if hp.dynamic_sampling == "resample":
             for _ in range(hp.max_resample_rounds):
-                dead = zero_std_group_mask(torch.tensor(total), g).nonzero().flatten().tolist()
+                dead = zero_variance_groups(total, g)
                 if not dead:
                     break
                 t0 = time.perf_counter()
@@ -476,16 +477,20 @@ class GRPOModule(PolicyModule):
                 new_total, new_per_fn = self.reward(
                     again.texts, **expand_columns({k: [v[i] for i in dead] for k, v in columns.items()}, g))
                 t_reward += time.perf_counter() - t0
-                splice_groups(out, total, per_fn, dead, again, new_total, new_per_fn)
+                merged = splice_groups(
+                    ScoredCompletions(out.completion_ids, out.texts, out.truncated, total, per_fn, out.logprobs), dead,
+                    ScoredCompletions(again.completion_ids, again.texts, again.truncated, new_total, new_per_fn,
+                                      again.logprobs), g)
+                out = dataclasses.replace(out, completion_ids=merged.completion_ids, texts=merged.texts,
+                                          truncated=merged.truncated, logprobs=merged.logprobs)
+                total, per_fn = merged.rewards, merged.per_fn
                 resampled += len(dead)
         penalty = overlong_penalty([len(c) for c in out.completion_ids], self.sampling.max_new_tokens,
                                    hp.overlong_buffer, hp.overlong_penalty_factor)
         rewards = torch.tensor([r + p for r, p in zip(total, penalty)], dtype=torch.float32)  # (N,)
         adv, astats = group_advantages(rewards, g, scale=hp.advantage_scale, eps=hp.advantage_eps,
                                        std=hp.advantage_std)  # (N,)
-        loss_rows = torch.ones(len(rewards), dtype=torch.bool)
-        if hp.dynamic_sampling != "off":
-            loss_rows = ~zero_std_group_mask(rewards, g).repeat_interleave(g)
+        loss_rows = keep_mask(rewards, g) if hp.dynamic_sampling != "off" else torch.ones(len(rewards), dtype=torch.bool)
         if hp.mask_truncated:
             loss_rows &= ~torch.tensor(out.truncated, dtype=torch.bool)
         return Trajectory(rollout=out, columns=columns, rewards=rewards, per_fn=per_fn, advantages=adv,
@@ -735,12 +740,14 @@ class GRPOModule(PolicyModule):
         was_training = self.training
         self.eval_engine()  # the same number of syncs on every rank, whatever its shard
         rank, world, seen = self.global_rank, self._world_size, 0
-        for batch in loader:
-            mine = [i for i in range(len(batch["prompt_ids"])) if (seen + i) % world == rank]
-            seen += len(batch["prompt_ids"])
-            if mine:
-                self.sample_and_score([batch["prompt_ids"][i] for i in mine],
-                                      {k: [v[i] for i in mine] for k, v in batch["columns"].items()})
+        # outside training_step Lightning sets no autocast: with bf16-mixed the HF engine would sample in fp32
+        with self.trainer.precision_plugin.forward_context():
+            for batch in loader:
+                mine = [i for i in range(len(batch["prompt_ids"])) if (seen + i) % world == rank]
+                seen += len(batch["prompt_ids"])
+                if mine:
+                    self.sample_and_score([batch["prompt_ids"][i] for i in mine],
+                                          {k: [v[i] for i in mine] for k, v in batch["columns"].items()})
         metrics = self._collect_sampled_eval("val")
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.global_step)
@@ -765,18 +772,3 @@ class GRPOModule(PolicyModule):
     def on_test_epoch_end(self) -> None:
         self.log_sampled_eval("test")
 
-
-def splice_groups(out: RolloutBatch, total: list[float], per_fn: dict[str, list[float]], groups: list[int],
-                  again: RolloutBatch, new_total: list[float], new_per_fn: dict[str, list[float]]) -> None:
-    """Put regenerated groups (``again``, group j of it = group ``groups[j]`` of ``out``) in place (DAPO)."""
-    g = out.n
-    for j, grp in enumerate(groups):
-        src, dst = slice(j * g, (j + 1) * g), slice(grp * g, (grp + 1) * g)
-        out.completion_ids[dst] = again.completion_ids[src]
-        out.texts[dst] = again.texts[src]
-        out.truncated[dst] = again.truncated[src]
-        if out.logprobs is not None and again.logprobs is not None:
-            out.logprobs[dst] = again.logprobs[src]
-        total[dst] = new_total[src]
-        for k in per_fn:
-            per_fn[k][dst] = new_per_fn[k][src]

@@ -75,31 +75,41 @@ def test_config_errors(kwargs, match):
         GenerationLengthScheduler(**kwargs)
 
 
-class RecordingEngine:
+class GeneratingEngine:
+    """Builds its sampling parameters from the SamplingSettings of each call, as every engine does."""
+
     def __init__(self):
-        self.calls = []
+        self.max_tokens_seen = []
 
-    def set_max_new_tokens(self, n):
-        self.calls.append(n)
+    def generate(self, prompt_ids, sampling):
+        self.max_tokens_seen.append(sampling.max_new_tokens)
 
 
-def test_batch_start_applies_logs_and_tells_the_engine():
+def test_batch_start_applies_logs_and_the_next_rollout_uses_it():
     sched = GenerationLengthScheduler(schedule="steps", milestones=[(0, 64), (3, 128)])
-    engine = RecordingEngine()
+    engine = GeneratingEngine()
     module = FakeModule(sampling=SamplingSettings(max_new_tokens=512), engine=engine)
     for step in range(5):
         sched.on_train_batch_start(fake_trainer(step), module, None, step)
         assert module.sampling.max_new_tokens == (64 if step < 3 else 128)
         assert module.logged["gen/max_new_tokens"] == module.sampling.max_new_tokens
-    assert engine.calls == [64, 64, 64, 128, 128]
+        engine.generate([[1]], module.sampling)  # what GRPOModule.generate_and_score passes
+    assert engine.max_tokens_seen == [64, 64, 64, 128, 128]
     assert sched.state_dict() == {"last_length": 128, "last_step": 4}
 
 
-def test_engine_without_setter_and_no_engine_are_fine():
+def test_the_engine_is_not_called_and_may_be_absent():
     sched = GenerationLengthScheduler(start=100, at_step=1, end=200)
-    hf_like = FakeModule(engine=object())  # reads sampling.max_new_tokens at every generate call
-    sched.on_train_batch_start(fake_trainer(1), hf_like, None, 0)
-    assert hf_like.sampling.max_new_tokens == 200
+
+    class Untouchable:  # any attribute access other than max_model_len would be an engine call
+        def __getattr__(self, name):
+            if name == "max_model_len":
+                raise AttributeError(name)
+            raise AssertionError(f"the scheduler touched engine.{name}")
+
+    module = FakeModule(engine=Untouchable())
+    sched.on_train_batch_start(fake_trainer(1), module, None, 0)
+    assert module.sampling.max_new_tokens == 200
     lazy = FakeModule(engine=None)  # the engine is built at the first rollout, from sampling
     sched.on_train_batch_start(fake_trainer(0), lazy, None, 0)
     assert lazy.sampling.max_new_tokens == 100
@@ -113,13 +123,21 @@ def test_module_without_sampling_is_a_clear_error():
         sched.on_train_batch_start(fake_trainer(), FakeModule(sampling=None), None, 0)
 
 
-def test_warns_when_engine_max_model_len_is_too_small(caplog):
+def test_warns_once_when_engine_max_model_len_is_too_small(caplog):
     class Engine:
         max_model_len = 40000
 
+    sched, module = GenerationLengthScheduler(), FakeModule(engine=Engine())
     with caplog.at_level(logging.WARNING):
-        GenerationLengthScheduler().apply(FakeModule(engine=Engine()), 8200)  # 65,536 > 40,000
-    assert "max_model_len=40000" in caplog.text
+        sched.apply(module, 8199)  # 32,768 <= 40,000: fine
+        assert not caplog.records
+        for step in range(8200, 8205):  # 65,536 > 40,000
+            sched.apply(module, step)
+    assert len(caplog.records) == 1  # once, not every step
+    msg = caplog.records[0].getMessage()
+    assert "max_new_tokens=65536 exceeds the engine's max_model_len=40000" in msg
+    assert "VLLMEngineSettings" in msg and "model.init_args.rollout.init_args.max_model_len" in msg
+    assert "vllm_max_model_len" not in msg  # the old RolloutSettings field
 
 
 def test_state_round_trip_gives_the_same_next_length():

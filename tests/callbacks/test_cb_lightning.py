@@ -106,12 +106,13 @@ class ManualTwoStepModule(FakeRolloutModule):
         self.automatic_optimization = False
 
     def training_step(self, batch, batch_idx):
-        super().training_step(batch, batch_idx)
+        out = super().training_step(batch, batch_idx)
         opt = self.optimizers()
         for _ in range(2):
             opt.zero_grad()
             self.manual_backward(self.layer(batch).pow(2).mean())
             opt.step()
+        return {"trajectory": out["trajectory"]}  # as GRPOModule: the rollout goes to the callbacks as outputs
 
 
 def test_manual_optimisation_steps(tmp_path):

@@ -3,9 +3,10 @@
     python benchmarks/refresh_cost.py                  # configs/r1.yaml's step: 16 prompts x 8, 64 tokens
     python benchmarks/refresh_cost.py --steps 20
 
-Runs a real ``Trainer.fit`` of GRPOModule with ``rollout.engine='vllm'`` and the
-``VLLMRolloutRefresh`` callback (verify='probe', every step), at one intra-op thread, and times each
-training batch from ``on_train_batch_start`` to ``on_train_batch_end`` (the refresh included). The
+Runs a real ``Trainer.fit`` of GRPOModule with ``rollout=VLLMEngineSettings(...)`` (the module pushes
+before each rollout) and the ``VLLMRolloutRefresh`` callback (verify='probe', every push), at one
+intra-op thread, and times each training batch from ``on_train_batch_start`` to ``on_train_batch_end``
+(the push and its verification included). The
 first ``--warmup`` batches (engine start-up, first compiles) are dropped. Then it measures the probe
 tolerance: engine vs trainer log-probs after a push, in float32 and bfloat16.
 Writes benchmarks/results/refresh_cost.json.
@@ -30,8 +31,7 @@ def grpo_timing(args) -> dict:
     from r1lightning.callbacks import VLLMRolloutRefresh
     from r1lightning.data import PromptDataModule
     from r1lightning.modules import GRPOModule
-    from r1lightning.modules.grpo import RolloutSettings
-    from r1lightning.rollout import SamplingSettings
+    from r1lightning.rollout import SamplingSettings, VLLMEngineSettings
 
     cfg, model_name = policy_config()
 
@@ -58,7 +58,7 @@ def grpo_timing(args) -> dict:
     module = GRPOModule(
         policy=cfg, rewards={"accuracy": 1.0, "format": 1.0},
         sampling=SamplingSettings(n=args.n, temperature=1.0, max_new_tokens=args.max_new_tokens, seed=0),
-        rollout=RolloutSettings(engine="vllm", vllm_enforce_eager=not args.vllm_compile),
+        rollout=VLLMEngineSettings(enforce_eager=not args.vllm_compile),
         beta=0.001, lr=1e-4, lr_schedule="constant", eval_sampling=None, export_dir="none",
     )
     dm = PromptDataModule(train_data="synthetic:arithmetic?n=5000&split=train&seed=0", template="chat",

@@ -17,7 +17,7 @@ import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Iterator, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -182,6 +182,66 @@ def causal_lm_token_logprobs(
     return logp, entropy
 
 
+def _export_tensor(tensor: Tensor, dtype: Optional[torch.dtype]) -> Tensor:
+    """A detached, unsharded (``full_tensor()``: a collective for DTensors), optionally cast tensor."""
+    if hasattr(tensor, "full_tensor"):
+        tensor = tensor.full_tensor()
+    tensor = tensor.detach()
+    return tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
+
+
+def _storage_key(tensor: Tensor) -> Optional[tuple]:
+    """Identifies the memory a (local shard of a) tensor views; None for empty tensors."""
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    if local.numel() == 0:
+        return None
+    return local.untyped_storage().data_ptr(), local.storage_offset(), tuple(local.shape)
+
+
+def _merged_name(key: str, adapter: str) -> Optional[str]:
+    """A peft model's state_dict key (below ``base_model.model.``) -> the merged checkpoint's, or None to drop it.
+
+    ``q_proj.base_layer.weight`` -> ``q_proj.weight``; adapter tensors (``lora_A``, ``lora_B``,
+    ``lora_embedding_*``, ``lora_magnitude_vector``) are dropped; a ``modules_to_save`` copy replaces the
+    original module, as ``merge_and_unload`` does."""
+    parts = key.split(".")
+    if any(p.startswith("lora_") for p in parts) or "original_module" in parts:
+        return None
+    if "modules_to_save" in parts:
+        i = parts.index("modules_to_save")
+        if parts[i + 1] != adapter:
+            return None
+        parts = parts[:i] + parts[i + 2 :]
+    return ".".join(p for p in parts if p != "base_layer")
+
+
+def _lora_merged(layer, kind: str, tensor: Tensor) -> Tensor:
+    """``tensor`` (an adapted layer's base weight or bias) plus the deltas of its active, unmerged adapters,
+    computed out of place in the order and dtype peft's ``merge`` adds them in place."""
+    out = tensor
+    for adapter in layer.active_adapters:
+        if adapter in layer.merged_adapters:  # already inside the base weight
+            continue
+        if adapter not in layer.lora_A.keys() and adapter not in getattr(layer, "lora_embedding_A", {}).keys():
+            continue
+        if adapter in getattr(layer, "lora_variant", {}):
+            variant = type(layer.lora_variant[adapter]).__name__
+            raise NotImplementedError(f"streaming the merged weights of a LoRA variant ({variant}) is not supported; "
+                                      "use plain LoRA")
+        if kind == "weight":
+            delta = layer.get_delta_weight(adapter)
+        elif kind == "bias" and layer.lora_bias.get(adapter, False):
+            delta = layer.lora_B[adapter].bias * layer.scaling[adapter]
+        else:
+            continue
+        if hasattr(out, "full_tensor"):
+            out = out.full_tensor()
+        if hasattr(delta, "full_tensor"):
+            delta = delta.full_tensor()
+        out = out + delta.to(out.dtype)
+    return out
+
+
 class Policy(nn.Module):
     """HF causal LM + tokenizer. Call :meth:`build` (idempotent) before use; modules do it in
     ``configure_model`` so FSDP/DeepSpeed can wrap the model after it exists."""
@@ -324,6 +384,55 @@ class Policy(nn.Module):
         if self.is_lora:
             return copy.deepcopy(model).merge_and_unload()
         return model
+
+    @torch.no_grad()
+    def merged_weights(self, dtype: Optional[torch.dtype] = None) -> Iterator[tuple[str, Tensor]]:
+        """(checkpoint name, tensor) pairs of the model with any LoRA adapter merged, one tensor at a time.
+
+        Names and values are those of ``merged_model().state_dict()`` (the names ``save_pretrained`` writes,
+        plus every alias of a tied weight: ``lm_head.weight`` beside ``model.embed_tokens.weight``), but
+        nothing is copied up front: each tensor is produced when the consumer asks for the next one, so a
+        weight push holds at most one gathered / cast / merged tensor at a time.
+
+        * LoRA: the merged weight of an adapted layer is computed out of place, ``W + delta`` with peft's own
+          ``get_delta_weight`` (what ``merge_adapter`` adds in place), so the trainer's model, its adapter and
+          its outputs are never modified -- not even transiently, and nothing is left half-merged if the
+          consumer fails midway. (peft's ``merge_adapter()`` / ``unmerge_adapter()`` round trip is not exact:
+          ``(W + d) - d`` rounds.) The values equal ``merge_and_unload``'s bit for bit. LoRA variants with
+          their own merge rule (DoRA, ...) are refused.
+        * Sharded (DTensor) parameters are gathered with ``full_tensor()``, a collective: every rank must
+          consume the whole iterator, in the same order (the ``state_dict`` order, which is the same on
+          every rank). FSDP2 + LoRA is UNTESTED in this repository.
+        * ``dtype``: cast each tensor (e.g. fp32 master weights -> the engine's bf16) as it is produced.
+        """
+        model = self.build()
+        if not self.is_lora:
+            for name, tensor in model.state_dict().items():  # references, not copies
+                yield name, _export_tensor(tensor, dtype)
+            return
+        from peft.tuners.lora import LoraLayer
+
+        base = model.get_base_model()
+        layers = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+        # a tied alias of an adapted weight (e.g. lm_head of a LoRA'd embedding) is merged too, as merge_and_unload's is
+        adapted = {}
+        for name, layer in layers.items():
+            w = layer.get_base_layer().weight
+            if _storage_key(w) is not None:
+                adapted[_storage_key(w)] = (layer, "weight")
+        for key, tensor in base.state_dict().items():
+            name = _merged_name(key, model.active_adapter)
+            if name is None:
+                continue
+            layer, kind = None, key.rsplit(".", 1)[-1]
+            prefix = key.split(".base_layer.")[0] if ".base_layer." in key else None
+            if prefix in layers:
+                layer = layers[prefix]
+            elif _storage_key(tensor) in adapted:
+                layer, kind = adapted[_storage_key(tensor)]
+            if layer is not None:
+                tensor = _lora_merged(layer, kind, tensor)
+            yield name, _export_tensor(tensor, dtype)
 
     def save_pretrained(self, path: str | os.PathLike, merge_lora: bool = True) -> Path:
         """Write a folder that ``AutoModelForCausalLM.from_pretrained`` and vLLM load (LoRA merged)."""

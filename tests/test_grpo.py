@@ -96,12 +96,13 @@ def test_grpo_step_updates_parameters_and_logs_everything(tiny_tokenizer, tmp_pa
 def test_vllm_engine_without_vllm_installed_names_the_fix(tiny_tokenizer, monkeypatch):
     import importlib.util
 
-    from r1lightning.modules.grpo import RolloutSettings
+    from r1lightning.rollout import VLLMEngineSettings
 
-    module, _ = make(tiny_tokenizer, rollout=RolloutSettings(engine="vllm"))
+    module, _ = make(tiny_tokenizer, rollout=VLLMEngineSettings())
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
-    with pytest.raises(ModuleNotFoundError, match=r"rollout.engine='vllm' needs the vllm package.*rollout.engine hf"):
+    with pytest.raises(ModuleNotFoundError,
+                       match=r"VLLMEngineSettings needs the vllm package.*rollout r1lightning.rollout.HFEngineSettings"):
         module.rollout_engine()
 
 

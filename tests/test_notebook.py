@@ -47,8 +47,11 @@ def test_r1_config_logs_every_callback_and_the_notebook_plots_it(tmp_path, monke
     scalars = read_scalars(logs)
     missing = {cb: [t for t in tags if t not in scalars] for cb, tags in CALLBACK_TAGS.items()}
     assert not any(missing.values()), missing
-    # the engine starts from the policy's own weights; each later rollout follows a verified push
-    assert [s for s, _ in scalars["vllm/refresh_s"]] == [1, 2]
+    # the engine starts from the policy's own weights; each later rollout follows a verified push (steps 1, 2),
+    # and so does the held-out evaluation at the end (step 3; logged through the logger: Lightning refuses
+    # self.log in on_train_end)
+    assert [s for s, _ in scalars["vllm/refresh_s"]] == [1, 2, 3]
+    assert [v for _, v in scalars["vllm/policy_version"]] == [1.0, 2.0, 3.0]
     assert max(v for _, v in scalars["vllm/probe_max_abs_diff"]) < 1e-3
     assert [v for _, v in scalars["gen/max_new_tokens"]] == [64.0, 64.0, 64.0]  # r1.yaml's schedule at steps 0-2
 

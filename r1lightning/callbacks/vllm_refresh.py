@@ -1,44 +1,51 @@
-"""Push the policy's weights into a colocated vLLM engine before each rollout, and prove it worked.
+"""Prove that every weight push into a colocated vLLM engine worked.
 
 GRPO samples its G completions from pi_old, the policy *as it is now*. An engine that keeps its own
 copy of the weights (``engine.holds_weights``, e.g. :class:`~r1lightning.rollout.vllm.VLLMRolloutEngine`)
 samples from whatever was last pushed into it; if a push silently fails, training goes on with a
 frozen or corrupted sampler and nothing crashes. Silent weight-sync failures are the most reported
-problem with the peers' vLLM integrations, so this callback does not trust the push:
+problem with the peers' vLLM integrations, so this callback does not trust the push.
 
-* the engine's log-probs of a fixed probe sequence are known from before the push (``pre``: the
-  previous verified push left them; probed afresh the first time);
-* after the push, the engine's (``post``) must match the trainer's own log-probs of the same tokens
-  (``policy.token_logprobs`` at temperature 1) within ``atol``;
-* and when the policy moved (by more than ``atol / 100``) since the last push, the engine must have
-  moved too (``post != pre``): this catches a no-op refresh even when the step was too small to exceed
-  ``atol`` (and in bf16, where ``atol`` has to be loose).
+Who pushes: the LightningModule. ``GRPOModule.sync_engine`` calls ``engine.update_weights(policy)``
+before a rollout and before held-out evaluation whenever the policy changed since the last push (it counts
+policy versions; the first push of each fit is unconditional, since an engine alive from before may hold
+other weights); right after each push it calls every callback's ``on_engine_sync(trainer, pl_module,
+info)``, ``info`` being what ``update_weights`` returned (``seconds``, ``bytes``, ``tensors``, ``dtype``)
+plus ``step`` (``global_step``), ``policy_version`` and ``reason`` (``"rollout"`` or ``"eval"``; a
+``"start"`` push is treated as the first of a fit too). A fit without this callback samples from the right
+weights as well; it just does not check them.
+
+What is checked after a push (``verify="probe"``, every ``verify_every_n``-th push):
+
+* the engine's log-probs of a fixed probe sequence (``post``) must match the trainer's own log-probs
+  of the same tokens (``policy.token_logprobs`` at temperature 1) within ``atol``;
+* and when the policy moved (by more than ``atol / 100``) since the previous verified push, the engine
+  must have moved too (``post`` != the engine probe stored at that push): this catches a no-op push
+  even when the step was too small to exceed ``atol`` (and in bf16, where ``atol`` has to be loose).
+  The first push of a fit (and of a new engine) has no previous probe: only the match check runs.
 
 Either failure raises ``RuntimeError`` ("weight sync failed: ..."). ``verify="checksum"`` compares
 float64 sums of the engine's readable parameters instead (on the CPU build only embeddings and norms
-are readable: linear layers are repacked; see ``engine_param_checksum``); ``"off"`` only pushes.
+are readable: linear layers are repacked; see ``engine_param_checksum``); ``"off"`` only logs.
 
-When: in ``on_train_batch_start`` (before the step's rollout), on every rank that holds an engine,
-keyed off ``trainer.global_step`` (optimizer steps) so all ranks push the same number of times. A
-push happens when ``global_step // every_n_steps`` differs from the value at the last push (every
-``every_n_steps`` optimizer steps; GRPO advances ``num_minibatches * mu`` steps per rollout, so a plain
-``global_step % every_n_steps == 0`` could be skipped over). An engine that the module creates during
-a step is built from the weights of that step and counts as pushed there. At the start of each fit
-the first engine seen is pushed to unconditionally (it may hold weights from before a resume).
+Logged: ``vllm/refresh_s``, ``vllm/refresh_bytes``, ``vllm/refresh_tensors``, ``vllm/policy_version``,
+``vllm/verify_s``, ``vllm/probe_max_abs_diff`` / ``vllm/probe_mean_abs_diff`` (engine vs trainer) and
+``vllm/probe_engine_delta`` (how far the push moved the engine). Pushes made inside ``training_step``
+log through ``pl_module.log``; Lightning refuses per-step ``self.log`` in ``on_train_start`` /
+``on_train_end`` and outside hooks, so pushes made there (the evaluations at the start and the end of a
+fit) go to ``trainer.logger.log_metrics(step=info["step"])`` directly. Checkpoints store the number of
+pushes seen and the step of the last one.
 
-Logged: ``vllm/refresh_s``, ``vllm/refresh_bytes``, ``vllm/refresh_tensors``, ``vllm/verify_s``,
-``vllm/probe_max_abs_diff`` / ``vllm/probe_mean_abs_diff`` (engine vs trainer) and
-``vllm/probe_engine_delta`` (how far the push moved the engine). Checkpoints store the step of the
-last push (the cadence survives a resume).
-
-Tolerance (max over the probe tokens of |engine - trainer| log-prob), measured on CPU with
-``benchmarks/refresh_cost.py`` on the tiny base model: fp32 1e-5 (at most 3.6e-5 during a GRPO fit),
-while one optimizer step of configs/r1.yaml (lr 1e-4) moves it by about 0.5 when the push is left out;
-the fp32 default ``atol=1e-3`` sits between.
+Tolerance (max over the probe tokens of |engine - trainer| log-prob) follows the *engine's* dtype
+(``engine.dtype``; the policy's if the engine has none), and the low-precision one applies when either
+side computes in bf16/fp16. Measured on CPU with ``benchmarks/refresh_cost.py`` on the tiny base model:
+fp32 1e-5 (at most 3.6e-5 during a GRPO fit), while one optimizer step of configs/r1.yaml (lr 1e-4)
+moves it by about 0.5 when the push is left out; the fp32 default ``atol=1e-3`` sits between.
 bf16 engines (vLLM's bf16 kernels vs the trainer's bf16 forward with an fp32 log-softmax) differ by
 0.24-0.35 nats even right after a correct push (mean over tokens 0.03), so the bf16/fp16 default is
 1.0: there the match check only catches gross failures (another model's or garbage weights) and the
-"engine moved" check is what catches a no-op. GPU bf16 was not measured in this repository.
+"engine moved" check is what catches a no-op. A bf16 engine beside fp32 master weights (configs/r1_gpu.yaml)
+gets the bf16 tolerance. GPU bf16 was not measured in this repository (``benchmarks/gpu_smoke.py`` does).
 ``vllm/probe_mean_abs_diff`` is logged too, to watch the train/inference gap over a run.
 """
 
@@ -65,14 +72,30 @@ DEFAULT_PROBE_TEXT = (
 _FP32_ATOL = 1e-3
 _LOW_PRECISION_ATOL = 1.0
 _UNCHANGED = 1e-7  # engine probe moved by less than this: the push changed nothing
+_FULL_PRECISION = (torch.float32, torch.float64)
+
+
+def _can_log_on_step(pl_module: Any) -> bool:
+    """Whether ``pl_module.log(..., on_step=True)`` is allowed in the hook now running (Lightning's own table)."""
+    fx = getattr(pl_module, "_current_fx_name", None)
+    if fx is None or getattr(pl_module, "_trainer", None) is None:
+        return False
+    try:
+        from lightning.pytorch.trainer.connectors.logger_connector.fx_validator import _FxValidator
+    except ImportError:  # another Lightning layout: the one hook known to allow it
+        return fx == "training_step"
+    options = _FxValidator.functions.get(fx)
+    return options is not None and True in options["allowed_on_step"]
 
 
 class VLLMRolloutRefresh(Callback):
-    """Refresh ``pl_module.engine`` from ``pl_module.policy`` every ``every_n_steps`` optimizer steps, verified."""
+    """Verify each push of ``pl_module.policy`` into ``pl_module.engine`` (``on_engine_sync``) and log it.
+
+    The name is kept from when this callback made the pushes itself; the module makes them now.
+    """
 
     def __init__(
         self,
-        every_n_steps: int = 1,
         verify: Literal["probe", "checksum", "off"] = "probe",
         atol: Optional[float] = None,
         verify_every_n: int = 1,
@@ -80,25 +103,21 @@ class VLLMRolloutRefresh(Callback):
     ):
         """
         Args:
-            every_n_steps: Push every N optimizer steps (1 = before every rollout; larger values sample
-                from a policy up to N steps old, which GRPO's importance ratio then corrects only partly).
             verify: 'probe' (engine vs trainer log-probs of a fixed sequence, plus "the engine moved"),
-                'checksum' (parameter sums; partial on the CPU build) or 'off'.
-            atol: Largest allowed |engine - trainer| log-prob per probe token (None: 1e-3 for fp32,
-                1.0 for bf16/fp16 policies, see above); also the relative checksum tolerance.
+                'checksum' (parameter sums; partial on the CPU build) or 'off' (log the push only).
+            atol: Largest allowed |engine - trainer| log-prob per probe token (None: 1e-3 when engine and
+                policy compute in fp32, 1.0 when either is bf16/fp16, see above); also the relative checksum
+                tolerance.
             verify_every_n: Verify every N-th push (1 = every push). The "engine moved" check needs the
                 previous push verified too, so with N > 1 only the match check runs.
             probe_text: Text whose tokens form the probe sequence.
         """
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be a positive integer, got {every_n_steps!r}")
         if isinstance(verify_every_n, bool) or not isinstance(verify_every_n, int) or verify_every_n < 1:
             raise ValueError(f"verify_every_n must be a positive integer, got {verify_every_n!r}")
         if verify not in ("probe", "checksum", "off"):
             raise ValueError(f"verify must be 'probe', 'checksum' or 'off', got {verify!r}")
         if atol is not None and not atol > 0:
             raise ValueError(f"atol must be > 0, got {atol!r}")
-        self.every_n_steps = every_n_steps
         self.verify = verify
         self.atol = atol
         self.verify_every_n = verify_every_n
@@ -106,9 +125,11 @@ class VLLMRolloutRefresh(Callback):
         self.last_pushed_step: Optional[int] = None
         self.pushes = 0
         self.last_stats: dict[str, float] = {}
+        self.last_info: dict[str, Any] = {}
         self._engine_id: Optional[int] = None
-        self._must_push = True
-        self._batch_start_step = 0
+        self._engine_updates: Optional[int] = None  # engine.num_updates at the last push reported to us
+        self._warned_unreported = False
+        self._baseline: Optional[tuple[int, int]] = None  # (id, num_updates) of the engine alive at train start
         self._last_policy_probe: Optional[torch.Tensor] = None
         self._last_engine_probe: Optional[torch.Tensor] = None
 
@@ -119,11 +140,14 @@ class VLLMRolloutRefresh(Callback):
             ids = [tokenizer.bos_token_id] + ids
         return ids
 
-    def tolerance(self, policy) -> float:
+    def tolerance(self, engine: Any, policy: Any) -> float:
+        """``atol`` if set; else by precision: fp32 only when both the engine and the policy compute in fp32."""
         if self.atol is not None:
             return self.atol
-        dtype = next(policy.build().parameters()).dtype
-        return _FP32_ATOL if dtype in (torch.float32, torch.float64) else _LOW_PRECISION_ATOL
+        policy_dtype = next(policy.build().parameters()).dtype
+        engine_dtype = getattr(engine, "dtype", None)
+        dtypes = [policy_dtype] + ([engine_dtype] if isinstance(engine_dtype, torch.dtype) else [])
+        return _FP32_ATOL if all(d in _FULL_PRECISION for d in dtypes) else _LOW_PRECISION_ATOL
 
     @staticmethod
     @torch.no_grad()
@@ -139,53 +163,56 @@ class VLLMRolloutRefresh(Callback):
             model.train(was_training)
         return logp[0].float().cpu()
 
-    # ---------------------------------------------------------------- the refresh
-    def refresh(self, pl_module: Any, step: int) -> dict[str, float]:
-        """Push (and, when due, verify) now; returns the logged numbers. Raises on a failed sync."""
-        engine, policy = pl_module.engine, pl_module.policy
-        do_verify = self.verify != "off" and self.pushes % self.verify_every_n == 0
-        ids = self.probe_ids(policy.tokenizer) if do_verify and self.verify == "probe" else None
-        pre = None
-        if ids is not None:
-            # the engine's probe as the last verified push left it; probed afresh only the first time (a fresh
-            # probe would also wake a sleeping GPU engine just to read weights that are about to be replaced)
-            pre = self._last_engine_probe
-            if pre is None or len(pre) != len(ids) - 1:
-                pre = torch.tensor(engine.probe_logprobs(ids))
+    def forget_engine(self) -> None:
+        """Drop the stored probes: the next push has nothing to compare the engine's movement with."""
+        self._last_policy_probe = self._last_engine_probe = None
 
-        info = engine.update_weights(policy)
+    # ---------------------------------------------------------------- verification
+    def check_sync(self, engine: Any, policy: Any, info: dict[str, Any]) -> dict[str, float]:
+        """Verify (when due) the push ``info`` describes; returns the numbers to log. Raises on a failed sync.
+
+        Callable without a trainer (what :meth:`on_engine_sync` runs after its bookkeeping)."""
+        step = info.get("step", "?")
         stats = {"vllm/refresh_s": float(info.get("seconds", 0.0)), "vllm/refresh_bytes": float(info.get("bytes", 0)),
                  "vllm/refresh_tensors": float(info.get("tensors", 0))}
-        if do_verify:
+        if "policy_version" in info:
+            stats["vllm/policy_version"] = float(info["policy_version"])
+        if self.verify != "off" and self.pushes % self.verify_every_n == 0:
             t0 = time.perf_counter()
-            atol = self.tolerance(policy)
+            atol = self.tolerance(engine, policy)
             if self.verify == "probe":
-                stats.update(self._verify_probe(engine, policy, ids, pre, atol, info, step))
+                stats.update(self._verify_probe(engine, policy, atol, info, step))
             else:
                 stats.update(self._verify_checksum(engine, policy, atol, info, step))
             stats["vllm/verify_s"] = time.perf_counter() - t0
-        else:  # the stored probes no longer describe the engine: the next verification probes afresh
-            self._last_policy_probe = self._last_engine_probe = None
-        self.last_pushed_step = step
+        else:  # the stored probes no longer describe the engine: the next verification starts afresh
+            self.forget_engine()
         self.pushes += 1
+        if isinstance(step, int):
+            self.last_pushed_step = step
         self.last_stats = stats
         return stats
 
-    def _verify_probe(self, engine, policy, ids, pre, atol, info, step) -> dict[str, float]:
+    def _verify_probe(self, engine, policy, atol, info, step) -> dict[str, float]:
+        ids = self.probe_ids(policy.tokenizer)
         post = torch.tensor(engine.probe_logprobs(ids))
         ours = self.policy_probe(policy, ids)
+        pre, last_ours = self._last_engine_probe, self._last_policy_probe
+        if pre is not None and len(pre) != len(post):  # probe_text changed: nothing to compare with
+            pre = last_ours = None
         diff = float((post - ours).abs().max())
-        engine_delta = float((post - pre).abs().max())
-        policy_delta = None if self._last_policy_probe is None else float((ours - self._last_policy_probe).abs().max())
+        engine_delta = None if pre is None else float((post - pre).abs().max())
+        policy_delta = None if last_ours is None else float((ours - last_ours).abs().max())
         n = int(info.get("tensors", 0))
         if not diff <= atol:  # also catches NaN
-            stale = policy_delta is not None and float((pre - self._last_policy_probe).abs().max()) <= atol \
-                and engine_delta < _UNCHANGED
+            stale = (pre is not None and float((pre - last_ours).abs().max()) <= atol
+                     and engine_delta < _UNCHANGED)
+            moved = "" if engine_delta is None else f"the push moved the engine by {engine_delta:.3g}; "
             raise RuntimeError(
                 f"vLLM weight sync failed at step {step}: pushed {n} params, but the engine's log-probs of the "
                 f"probe differ from the policy's by max |dlogp| = {diff:.3g} > atol = {atol:.3g} "
                 + ("(the engine did not change: it still samples from the old weights)" if stale else
-                   f"(the push moved the engine by {engine_delta:.3g}; its weights are corrupted or incomplete)")
+                   f"({moved}its weights are corrupted or incomplete)")
                 + ". Rollouts would come from the wrong policy."
             )
         # a move well above float noise (atol / 100) must change the engine at all; smaller ones may vanish
@@ -197,8 +224,10 @@ class VLLMRolloutRefresh(Callback):
                 f"{engine_delta:.3g}): the refresh was a no-op."
             )
         self._last_policy_probe, self._last_engine_probe = ours, post
-        return {"vllm/probe_max_abs_diff": diff, "vllm/probe_mean_abs_diff": float((post - ours).abs().mean()),
-                "vllm/probe_engine_delta": engine_delta}
+        stats = {"vllm/probe_max_abs_diff": diff, "vllm/probe_mean_abs_diff": float((post - ours).abs().mean())}
+        if engine_delta is not None:
+            stats["vllm/probe_engine_delta"] = engine_delta
+        return stats
 
     def _verify_checksum(self, engine, policy, atol, info, step) -> dict[str, float]:
         res = engine.engine_param_checksum(policy)
@@ -212,41 +241,48 @@ class VLLMRolloutRefresh(Callback):
             )
         return {"vllm/checksum_max_rel_diff": float(res["max_rel_diff"])}
 
-    # ---------------------------------------------------------------- Lightning hooks
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._must_push = True  # an engine alive from before (e.g. a previous fit) may hold other weights
-        self._engine_id = None
-        self._last_policy_probe = self._last_engine_probe = None
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
-        step = int(trainer.global_step)
-        self._batch_start_step = step
-        engine = getattr(pl_module, "engine", None)
-        if engine is None or not getattr(engine, "holds_weights", False):
-            return
-        if self._engine_id != id(engine):
+    # ---------------------------------------------------------------- hooks
+    def on_engine_sync(self, trainer: Optional[pl.Trainer], pl_module: Any, info: dict[str, Any]) -> None:
+        """Called by the module right after each push (see the module docstring for ``info``)."""
+        engine = pl_module.engine
+        if self._engine_id != id(engine) or info.get("reason") == "start":
+            # another engine, or a new fit: the stored probes describe neither this engine nor a resumed policy
             self._engine_id = id(engine)
-            self._must_push = True
-            self._last_policy_probe = self._last_engine_probe = None
-        due = (self.last_pushed_step is None
-               or step // self.every_n_steps != self.last_pushed_step // self.every_n_steps)
-        if not (self._must_push or due):
-            return
-        self._must_push = False
-        stats = self.refresh(pl_module, step)
-        for name, value in stats.items():
-            pl_module.log(name, float(value), on_step=True, on_epoch=False, batch_size=1)
+            self.forget_engine()
+        self.last_info = dict(info)
+        stats = self.check_sync(engine, pl_module.policy, info)
+        self._engine_updates = getattr(engine, "num_updates", None)
+        step = info.get("step")
+        if _can_log_on_step(pl_module):
+            for name, value in stats.items():
+                pl_module.log(name, float(value), on_step=True, on_epoch=False, batch_size=1)
+        elif trainer is not None and trainer.logger is not None:
+            trainer.logger.log_metrics(stats, step=int(step if step is not None else trainer.global_step))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._engine_id = None  # the fit's first push (made after this hook) begins a new comparison chain
+        self.forget_engine()
+        self._warned_unreported = False
+        engine = getattr(pl_module, "engine", None)  # one that exists already may have been pushed to before
+        self._baseline = (id(engine), getattr(engine, "num_updates", 0)) if engine is not None else None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        # a push that never reached on_engine_sync was not verified: say so once instead of staying silent
         engine = getattr(pl_module, "engine", None)
-        if engine is not None and getattr(engine, "holds_weights", False) and self._engine_id != id(engine):
-            # created during this step's rollout, from the weights the step started with
-            self._engine_id = id(engine)
-            self._must_push = False
-            self.last_pushed_step = self._batch_start_step
-            self._last_policy_probe = self._last_engine_probe = None
+        updates = getattr(engine, "num_updates", None)
+        if self._warned_unreported or not isinstance(updates, int) or not getattr(engine, "holds_weights", False):
+            return
+        if self._engine_id == id(engine) and self._engine_updates is not None:
+            reported = self._engine_updates
+        elif self._baseline is not None and self._baseline[0] == id(engine):
+            reported = self._baseline[1]
+        else:
+            reported = 0  # created during this fit (start-up is not a push)
+        if updates > reported:
+            self._warned_unreported = True
+            log.warning("VLLMRolloutRefresh: the rollout engine received %d weight push(es) that were not reported "
+                        "through on_engine_sync; they were not verified", updates - reported)
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_pushed_step": self.last_pushed_step, "pushes": self.pushes}

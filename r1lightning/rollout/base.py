@@ -84,8 +84,8 @@ class EngineSettings:
     """
 
     def build(self, policy) -> RolloutEngine:
-        """Create the engine for ``policy`` (a :class:`~r1lightning.policy.Policy`)."""
-        raise NotImplementedError
+        """The engine for ``policy`` (a :class:`~r1lightning.policy.Policy`), holding its current weights."""
+        raise NotImplementedError(f"{type(self).__name__} must implement build(policy)")
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and vars(self) == vars(other)
@@ -96,19 +96,3 @@ class EngineSettings:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
-
-
-class EngineSettings:
-    """Base of the per-engine settings classes (chosen in YAML by ``class_path``, like any other class):
-    :class:`~r1lightning.rollout.hf.HFEngineSettings`, :class:`~r1lightning.rollout.vllm.VLLMEngineSettings`."""
-
-    def build(self, policy) -> RolloutEngine:
-        """The engine for ``policy``, holding its current weights."""
-        raise NotImplementedError(f"{type(self).__name__} must implement build(policy)")
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other) -> bool:
-        return type(self) is type(other) and vars(self) == vars(other)

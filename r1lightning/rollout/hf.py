@@ -96,22 +96,6 @@ class HFRolloutEngine(RolloutEngine):
 
 
 class HFEngineSettings(EngineSettings):
-    """Rollouts with transformers ``generate`` on the training model itself (no weight copy, nothing to sync)."""
-
-    def __init__(self, max_batch_size: int = 256):
-        """
-        Args:
-            max_batch_size: Sequences generated at once (prompts x samples are split into chunks of this size).
-        """
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        self.max_batch_size = max_batch_size
-
-    def build(self, policy) -> HFRolloutEngine:
-        return HFRolloutEngine(policy, max_batch_size=self.max_batch_size)
-
-
-class HFEngineSettings(EngineSettings):
     """Sample with transformers ``generate`` on the training model itself (no weight copy, no sync)."""
 
     def __init__(self, max_batch_size: int = 256):

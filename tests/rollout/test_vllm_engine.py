@@ -124,5 +124,6 @@ def test_unsupported_cpu_head_dim_is_refused_before_the_engine_starts():
         pytest.skip("the head-size list is the CPU build's")
     policy = Policy(PolicyConfig(tiny=TinyModelSettings(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                                         intermediate_size=64)))  # head_dim 16
-    with pytest.raises(ValueError, match=r"head_dim=16 .*32 / 2 heads.*\[32, 64,.*rollout.engine: hf"):
+    with pytest.raises(ValueError,
+                       match=r"head_dim=16 .*32 / 2 heads.*\[32, 64,.*rollout: r1lightning.rollout.HFEngineSettings"):
         VLLMRolloutEngine.from_policy(policy, enforce_eager=True)

@@ -51,6 +51,7 @@ gets the bf16 tolerance. GPU bf16 was not measured in this repository (``benchma
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any, Literal, Optional
@@ -250,7 +251,10 @@ class VLLMRolloutRefresh(Callback):
             self._engine_id = id(engine)
             self.forget_engine()
         self.last_info = dict(info)
-        stats = self.check_sync(engine, pl_module.policy, info)
+        # the trainer's probe computes as training does (bf16-mixed: autocast; Lightning sets none outside the step)
+        plugin = getattr(trainer, "precision_plugin", None)
+        with plugin.forward_context() if plugin is not None else contextlib.nullcontext():
+            stats = self.check_sync(engine, pl_module.policy, info)
         self._engine_updates = getattr(engine, "num_updates", None)
         step = info.get("step")
         if _can_log_on_step(pl_module):

@@ -1,6 +1,7 @@
 """GRPOModule: helpers by hand, a real step on a tiny model, every metric logged, resume."""
 
 import glob
+import math
 
 import lightning.pytorch as pl
 import pytest
@@ -68,6 +69,8 @@ EXPECTED = [
     "completion_length/max", "truncated_ratio", "kl", "clip_ratio/low", "clip_ratio/high", "clip_ratio/region",
     "entropy", "policy_loss", "loss", "grad_norm", "lr", "tokens_per_s", "time/rollout", "time/reward",
     "time/train", "format_rate", "rewards/digit_reward/mean", "rewards/digit_reward/std", "rewards/format/mean",
+    "rewards/digit_reward/failures", "rewards/digit_reward/timeouts", "ratio/mean", "ratio/max", "optimizer_steps",
+    "policy_version", "skipped_steps", "nonfinite_rewards",
 ]
 
 
@@ -307,3 +310,181 @@ def test_minibatch_rows_split_whole_groups_into_exactly_num_minibatches():
     assert [len(r) for r in minibatch_rows(16, 16, 16)] == [16] * 16  # R1: one question's group each
     rows = [r for mb in minibatch_rows(7, 3, 3) for r in mb]
     assert rows == list(range(21))  # every row exactly once, in order
+
+
+def test_no_sync_dist_advice_beside_a_world_size_one_process_group(tiny_tokenizer, tmp_path):
+    """The in-process vLLM engine initialises a world-size-1 torch.distributed group; on one device Lightning
+    must not then advise sync_dist=True for the val/* values (the main job printed it at every evaluation)."""
+    import warnings
+
+    import torch.distributed as dist
+
+    module, dm = make(tiny_tokenizer)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            t = pl.Trainer(accelerator="cpu", max_steps=2, default_root_dir=tmp_path, log_every_n_steps=1,
+                           enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                           val_check_interval=1, check_val_every_n_epoch=None, limit_val_batches=1,
+                           enable_checkpointing=False)
+            t.fit(module, dm)
+    finally:
+        dist.destroy_process_group()
+    assert "val/pass@1" in t.callback_metrics  # the Lightning validation loop ran and logged
+    advice = [str(w.message) for w in caught if "sync_dist=True" in str(w.message)]
+    assert not advice, advice[:2]
+
+
+# ---------------------------------------------------------------- guards: nothing non-finite is applied or saved
+def huge_first_reward(completions, **kw):
+    """1e308 for the first completion of the batch (finite in float64, inf in float32); the rest vary."""
+    import zlib
+
+    return [1e308 if i == 0 else zlib.crc32(t.encode()) % 1000 / 1000 for i, t in enumerate(completions)]
+
+
+torch.serialization.add_safe_globals([huge_first_reward])
+
+
+def all_finite(tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+def test_a_reward_beyond_float32_scores_zero_and_the_run_stays_finite(tiny_tokenizer, tmp_path):
+    """The probe: one reward of 1e308 made the float32 reward inf, every advantage of its group NaN, the weights NaN
+    and last.ckpt garbage. It now scores 0.0 like a failed reward, is counted, and the rest of the batch trains."""
+    module, dm = make(tiny_tokenizer)
+    module.reward = type(module.reward)([huge_first_reward])
+    module.configure_model()
+    before = {n: p.detach().clone() for n, p in module.policy.model.named_parameters()}
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
+    t = trainer(tmp_path, max_steps=2, callbacks=[ckpt])
+    t.fit(module, dm)
+    assert t.global_step == 2  # both updates applied, none skipped
+    m = t.logged_metrics
+    assert float(m["train/nonfinite_rewards"]) == 2.0  # one completion per rollout, two rollouts (a run total)
+    assert float(m["train/skipped_steps"]) == 0.0
+    assert math.isfinite(float(m["train/rewards/huge_first_reward/mean"]))
+    params = dict(module.policy.model.named_parameters())
+    assert all_finite(params.values())
+    assert all(not torch.equal(p, before[n]) for n, p in params.items())  # the other 7 completions still taught
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 2 and all_finite(saved["state_dict"].values())
+    assert saved["r1lightning_grpo"]["nonfinite_rewards"] == 2  # resumes keep counting from here
+
+
+def _poison_loss(monkeypatch, when):
+    """grpo_loss returns NaN while ``when()`` is true (a NaN value with a finite gradient: the loss check alone
+    must catch it)."""
+    import r1lightning.modules.grpo as grpo_mod
+
+    real = grpo_mod.grpo_loss
+
+    def loss(*args, **kw):
+        value, stats = real(*args, **kw)
+        return (value + float("nan"), stats) if when() else (value, stats)
+
+    monkeypatch.setattr(grpo_mod, "grpo_loss", loss)
+
+
+@pytest.mark.parametrize("poison", ["loss", "grad_norm"])
+def test_a_nonfinite_step_is_skipped_without_touching_weights_optimizer_or_schedule(tiny_tokenizer, tmp_path,
+                                                                                     monkeypatch, poison):
+    """Rollout batch 1 (after one applied step) has a NaN loss, or a finite loss but an inf gradient norm: that
+    optimizer step is skipped on every rank (here one), the next batch steps normally."""
+    module, dm = make(tiny_tokenizer, warmup_steps=4)  # the LR moves every applied step
+    state = {"batch": -1}
+    if poison == "loss":
+        _poison_loss(monkeypatch, lambda: state["batch"] == 1)
+    else:
+        real_norm = module.grad_norm
+        monkeypatch.setattr(module, "grad_norm", lambda: float("inf") if state["batch"] == 1 else real_norm())
+    seen = {}
+
+    class Watch(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            state["batch"] = batch_idx
+            if batch_idx == 1:
+                opt, sched = trainer.optimizers[0], trainer.lr_scheduler_configs[0].scheduler
+                seen["params"] = {n: p.detach().clone() for n, p in pl_module.policy.model.named_parameters()}
+                seen["adam_steps"] = sorted({int(s["step"]) for s in opt.state.values()})
+                seen["sched"], seen["lr"] = sched.last_epoch, opt.param_groups[0]["lr"]
+                seen["step"], seen["version"] = trainer.global_step, pl_module._policy_version
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 1:
+                opt, sched = trainer.optimizers[0], trainer.lr_scheduler_configs[0].scheduler
+                params = dict(pl_module.policy.model.named_parameters())
+                seen["unchanged"] = all(torch.equal(p, seen["params"][n]) for n, p in params.items())
+                seen["no_grads"] = all(p.grad is None or not p.grad.any() for p in params.values())
+                seen["adam_steps_after"] = sorted({int(s["step"]) for s in opt.state.values()})
+                seen["sched_after"], seen["lr_after"] = sched.last_epoch, opt.param_groups[0]["lr"]
+                seen["step_after"], seen["version_after"] = trainer.global_step, pl_module._policy_version
+                seen["logged"] = float(trainer.logged_metrics["train/skipped_steps"])
+                seen["optimizer_steps"] = float(trainer.logged_metrics["train/optimizer_steps"])
+
+    t = trainer(tmp_path, max_steps=2, callbacks=[Watch()], enable_checkpointing=False)
+    t.fit(module, dm)
+    assert seen["unchanged"]  # bit for bit
+    assert seen["no_grads"]  # the skipped step's gradients were dropped
+    assert seen["adam_steps"] == seen["adam_steps_after"] == [1]  # AdamW's step count did not advance
+    assert seen["sched"] == seen["sched_after"] == 1 and seen["lr"] == seen["lr_after"]  # nor the LR schedule
+    assert seen["step"] == seen["step_after"] == 1  # global_step counts applied steps only
+    assert seen["version"] == seen["version_after"] == 1  # so no engine push for an unchanged policy
+    assert seen["logged"] == 1.0 and seen["optimizer_steps"] == 0.0
+    assert t.global_step == 2 and module._policy_version == 2  # batch 2 stepped normally
+    assert float(t.logged_metrics["train/skipped_steps"]) == 1.0  # a run total
+    assert all_finite(module.policy.model.parameters())
+    assert module._nonfinite_streak == 0  # an applied step ends the streak
+
+
+def test_consecutive_nonfinite_steps_stop_the_run_naming_the_count(tiny_tokenizer, tmp_path, monkeypatch):
+    module, dm = make(tiny_tokenizer, max_nonfinite_steps=2)
+    _poison_loss(monkeypatch, lambda: True)
+    t = trainer(tmp_path, max_steps=5, enable_checkpointing=False)
+    with pytest.raises(RuntimeError,
+                       match=r"2 consecutive optimizer steps had a non-finite loss.*max_nonfinite_steps=2"):
+        t.fit(module, dm)
+    assert t.global_step == 0  # nothing was applied
+    assert all_finite(module.policy.model.parameters())
+    with pytest.raises(ValueError, match="max_nonfinite_steps must be >= 1"):
+        make(tiny_tokenizer, max_nonfinite_steps=0)
+
+
+def test_a_checkpoint_of_nonfinite_weights_is_refused_and_last_ckpt_kept(tiny_tokenizer, tmp_path):
+    module, dm = make(tiny_tokenizer)
+    ckpt_dir = tmp_path / "ckpt"
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_last=True)
+    kept = {}
+
+    class Corrupt(pl.Callback):  # runs before ModelCheckpoint (Lightning orders checkpoint callbacks last)
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 1:  # step 2: last.ckpt of step 1 is on disk
+                kept["files"] = {p.name: p.read_bytes() for p in ckpt_dir.iterdir()}
+                with torch.no_grad():
+                    next(pl_module.policy.model.parameters()).view(-1)[0] = float("nan")  # the (tied) embedding
+
+    t = trainer(tmp_path, max_steps=3, callbacks=[Corrupt(), ckpt])
+    with pytest.raises(RuntimeError, match=r"refusing to save a checkpoint at step 2: \d tensor\(s\) on this rank "
+                                           r"hold NaN or inf \(state_dict\.policy\.model\.model\.embed_tokens"):
+        t.fit(module, dm)
+    assert "last.ckpt" in kept["files"]
+    assert {p.name: p.read_bytes() for p in ckpt_dir.iterdir()} == kept["files"]  # untouched, nothing added
+    saved = torch.load(ckpt_dir / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 1 and all_finite(saved["state_dict"].values())
+
+
+def test_training_temperature_zero_is_refused_but_greedy_evaluation_is_not(tiny_tokenizer):
+    # the loss's log-probs are log_softmax(logits / T) at the sampling temperature: T = 0 gave NaN weights at step 0
+    with pytest.raises(ValueError, match=r"sampling\.temperature must be > 0 for GRPO's training rollouts, got 0\.0"):
+        GRPOModule(policy=PolicyConfig(tiny=SMALL), sampling=SamplingSettings(n=4, temperature=0.0))
+    module = GRPOModule(policy=PolicyConfig(tiny=SMALL), sampling=SamplingSettings(n=4),
+                        eval_sampling=SamplingSettings(n=1, temperature=0.0))
+    assert module.eval_sampling.temperature == 0.0
+
+
+def test_max_new_tokens_zero_is_refused_when_the_settings_are_built():
+    # before: accepted, and the first rollout failed inside transformers' generate
+    with pytest.raises(ValueError, match=r"sampling max_new_tokens must be an int >= 1, got 0"):
+        GRPOModule(policy=PolicyConfig(tiny=SMALL), sampling=SamplingSettings(n=4, max_new_tokens=0))

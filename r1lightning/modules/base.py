@@ -8,11 +8,13 @@ import logging
 import math
 import os
 import time
+import warnings
 from typing import Optional
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from r1lightning.metrics import ConsAtK, PassAtK
 from r1lightning.policy import LoraSettings, Policy, PolicyConfig, TinyModelSettings
@@ -177,6 +179,36 @@ class PolicyModule(pl.LightningModule):
         self.val_cons.reset()
         self._val_stats = {}
         return metrics
+
+    def setup(self, stage: str) -> None:
+        if self._trainer is not None and self.trainer.world_size == 1:
+            # A colocated vLLM engine initialises a world-size-1 torch.distributed group in this process; Lightning
+            # then advises sync_dist=True for every epoch-level value although nothing is distributed (and on
+            # several ranks these are logged with sync_dist=True, their values already reduced over the ranks).
+            warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(val|test)/",
+                                    category=PossibleUserWarning)
+
+    # ---------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse to write non-finite weights or optimizer state: the ModelCheckpoint callback would otherwise
+        replace the last good ``last.ckpt`` with one that cannot be resumed. Raising here (every rank calls
+        the hook before anything is written) leaves the files on disk as they were."""
+        from r1lightning.guards import nonfinite_tensors
+
+        bad = nonfinite_tensors(checkpoint.get("state_dict", {}), "state_dict")
+        bad += nonfinite_tensors(checkpoint.get("optimizer_states", []), "optimizer_states")
+        world = self.trainer.world_size if self._trainer is not None else 1
+        found = float(len(bad))
+        if world > 1:  # sharded weights differ by rank: all ranks raise together, none waits at the barrier
+            found = float(self.trainer.strategy.reduce(
+                torch.tensor([found], dtype=torch.float64, device=self.device), reduce_op="sum")[0])
+        if found:
+            names = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
+            what = f"{len(bad)} tensor(s) on this rank hold NaN or inf ({names})" if bad else \
+                "another rank's tensors hold NaN or inf"
+            raise RuntimeError(
+                f"refusing to save a checkpoint at step {self.global_step}: {what}; the checkpoints already on disk "
+                "are kept. Resume from the last one and lower lr or check the precision and the rewards")
 
     def log_sampled_eval(self, prefix: str = "val") -> None:
         if self.eval_sampling is None or self.val_pass1.count == 0:

@@ -12,6 +12,10 @@ One ``training_step`` is one rollout batch, exactly the algorithm box, in named 
               - 1/|o| sum_t min(rho_t A, clip(rho_t, 1-eps_low, 1+eps_high) A) + beta * KL_k3(pi || pi_ref)
     log       step metrics, reduced over ranks
 
+Guards (r1lightning.guards): a reward that is not finite in float32 scores 0.0 (train/nonfinite_rewards); an
+optimizer step whose loss or gradient norm is not finite on any rank is skipped on all of them
+(train/skipped_steps; max_nonfinite_steps in a row stop the run); a checkpoint of non-finite weights is refused.
+
 R1 values: lr 3e-6, beta 0.001, temperature 1.0, G = 16, 32 questions per optimizer step, a rollout of
 8,192 outputs split into 16 mini-batches trained for one inner epoch, clip epsilon 10 (Nature version),
 reference replaced by the current policy every 400 steps. ``global_step`` counts optimizer steps, as
@@ -35,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
@@ -44,6 +49,7 @@ from torch import Tensor, nn
 
 from r1lightning.advantages import group_advantages
 from r1lightning.dapo import ScoredCompletions, keep_mask, splice_groups, zero_variance_groups
+from r1lightning.guards import finite_rewards, finite_scores
 from r1lightning.losses import grpo_loss
 from r1lightning.modules.base import PolicyModule, expand_columns
 from r1lightning.policy import PolicyConfig, causal_lm_token_logprobs
@@ -135,6 +141,8 @@ class Trajectory:
     adv_stats: dict = field(default_factory=dict)
     penalty: list[float] = field(default_factory=list)
     resampled_groups: int = 0
+    nonfinite_rewards: int = 0
+    """Completions whose reward was not finite in float32 and was scored 0.0 instead."""
     time_rollout: float = 0.0
     time_reward: float = 0.0
 
@@ -192,9 +200,9 @@ _TOKEN_STATS = ("kl", "clip_low", "clip_high", "clip_region", "ratio_mean", "ent
 
 @dataclass
 class StepStats:
-    """What the optimisation phase measured (per optimizer step or token-weighted)."""
+    """What the optimisation phase measured (per optimizer step or token-weighted), over applied steps only."""
 
-    optimizer_steps: int = 0
+    optimizer_steps: int = 0  # applied (skipped ones are counted in GRPOModule._skipped_steps)
     loss: float = 0.0  # summed over optimizer steps (divided by their count when logged)
     policy_loss: float = 0.0
     grad_norm: float = 0.0
@@ -202,6 +210,18 @@ class StepStats:
     mismatch_max: float = 0.0
     token: dict[str, WeightedMean] = field(default_factory=lambda: {k: WeightedMean() for k in _TOKEN_STATS})
     time_train: float = 0.0
+
+    def merge(self, other: "StepStats") -> None:
+        """Add one applied optimizer step's measurements (``other``) to the step's."""
+        self.optimizer_steps += other.optimizer_steps
+        self.loss += other.loss
+        self.policy_loss += other.policy_loss
+        self.grad_norm += other.grad_norm
+        self.ratio_max = max(self.ratio_max, other.ratio_max)
+        self.mismatch_max = max(self.mismatch_max, other.mismatch_max)
+        for k, wm in other.token.items():
+            self.token[k].total += wm.total
+            self.token[k].weight += wm.weight
 
 
 # checkpoints store hyperparameters; let torch.load(weights_only=True) rebuild our plain config classes
@@ -236,6 +256,7 @@ class GRPOModule(PolicyModule):
         overlong_penalty_factor: float = 1.0,
         max_grad_norm: Optional[float] = 1.0,
         max_empty_steps: int = 20,
+        max_nonfinite_steps: int = 3,
         lr: float = 3e-6,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -279,6 +300,11 @@ class GRPOModule(PolicyModule):
             max_empty_steps: Stop with an error after this many consecutive rollout batches in which no
                 completion survived filtering (dynamic sampling / mask_truncated): without reward variance
                 the run can never take an optimizer step, and max_steps would never be reached.
+            max_nonfinite_steps: Stop with an error after this many consecutive optimizer steps whose loss or
+                gradient norm was not finite. Such a step is skipped on every rank (no optimizer or LR
+                scheduler step, gradients zeroed, global_step not advanced) and counted in
+                train/skipped_steps, so one NaN never reaches the weights; a run that keeps producing them has
+                a real problem (learning rate, precision, a reward scale) and stops rather than loop forever.
             max_grad_norm: Clip the global gradient norm of each optimizer step (manual optimisation, so
                 this replaces Trainer(gradient_clip_val)); None = no clipping.
             lr: Peak learning rate (R1: 3e-6).
@@ -304,9 +330,17 @@ class GRPOModule(PolicyModule):
             raise ValueError("epsilon_low / epsilon_high must be >= 0")
         if advantage_std not in ("unbiased", "population"):
             raise ValueError(f"advantage_std must be 'unbiased' or 'population', got {advantage_std!r}")
+        if max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         self.sampling = sampling or SamplingSettings()
         if self.sampling.n < 2:
             raise ValueError(f"sampling.n (the group size G) must be >= 2 for group-relative advantages, got {self.sampling.n}")
+        if self.sampling.temperature <= 0:
+            # the loss's log-probs are log_softmax(logits / T) at the sampling temperature: T = 0 divides by zero
+            raise ValueError(
+                f"sampling.temperature must be > 0 for GRPO's training rollouts, got {self.sampling.temperature}: the "
+                "policy's log-probs are computed at the sampling temperature (logits / T), so greedy sampling has "
+                "none. Greedy decoding is for evaluation: set eval_sampling.temperature to 0 instead")
         self.rollout_settings = rollout if rollout is not None else HFEngineSettings()
         if not isinstance(self.rollout_settings, EngineSettings):
             raise TypeError(f"rollout must be an engine settings object (r1lightning.rollout.HFEngineSettings or "
@@ -317,8 +351,11 @@ class GRPOModule(PolicyModule):
         self._last_eval_step: Optional[int] = None
         self._tokens_seen = 0
         self._empty_steps = 0
+        self._nonfinite_streak = 0  # consecutive optimizer steps skipped for a non-finite loss / gradient norm
+        self._skipped_steps = 0  # all of them this run (equal on every rank; checkpointed)
+        self._nonfinite_rewards = 0  # completions scored 0.0 for a reward not finite in float32, all ranks, this run
         self._ref_period = 0  # index of the ref_refresh_steps period the reference was last refreshed in
-        self._policy_version = 0  # optimizer steps taken by this module's policy in this process
+        self._policy_version = 0  # applied optimizer steps of the policy (checkpointed)
         self._engine_version: Optional[int] = None  # policy version the engine's weights are (None: unknown)
 
     # ---------------------------------------------------------------- model set-up
@@ -339,12 +376,21 @@ class GRPOModule(PolicyModule):
         return self
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["r1lightning_grpo"] = {"ref_period": self._ref_period, "tokens_seen": self._tokens_seen}
+        super().on_save_checkpoint(checkpoint)  # refuses non-finite weights
+        checkpoint["r1lightning_grpo"] = {"ref_period": self._ref_period, "tokens_seen": self._tokens_seen,
+                                          "skipped_steps": self._skipped_steps,
+                                          "nonfinite_rewards": self._nonfinite_rewards,
+                                          "policy_version": self._policy_version}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("r1lightning_grpo", {})
         self._ref_period = int(state.get("ref_period", 0))
         self._tokens_seen = int(state.get("tokens_seen", 0))
+        self._skipped_steps = int(state.get("skipped_steps", 0))
+        self._nonfinite_rewards = int(state.get("nonfinite_rewards", 0))
+        # the restored weights are this version; an engine built after the restore holds them, an older one does not
+        self._policy_version = int(state.get("policy_version", 0))
+        self._engine_version = None
 
     def refresh_reference(self) -> None:
         """pi_ref <- pi_theta (R1 replaces the reference every 400 steps)."""
@@ -487,7 +533,13 @@ class GRPOModule(PolicyModule):
                 resampled += len(dead)
         penalty = overlong_penalty([len(c) for c in out.completion_ids], self.sampling.max_new_tokens,
                                    hp.overlong_buffer, hp.overlong_penalty_factor)
-        rewards = torch.tensor([r + p for r, p in zip(total, penalty)], dtype=torch.float32)  # (N,)
+        # a reward that is not finite in the float32 the advantages use (1e308 is finite in float64) would make
+        # every advantage of its group NaN: it scores 0.0 instead, as a reward function failure does
+        rewards, nonfinite = finite_rewards([r + p for r, p in zip(total, penalty)])  # (N,) float32
+        per_fn = {name: finite_scores(scores) for name, scores in per_fn.items()}  # logged, so finite too
+        if nonfinite:
+            log.warning("%d completion(s) at step %d had a reward that is not finite in float32; scored 0.0",
+                        nonfinite, self.global_step)
         adv, astats = group_advantages(rewards, g, scale=hp.advantage_scale, eps=hp.advantage_eps,
                                        std=hp.advantage_std)  # (N,)
         loss_rows = keep_mask(rewards, g) if hp.dynamic_sampling != "off" else torch.ones(len(rewards), dtype=torch.bool)
@@ -495,7 +547,8 @@ class GRPOModule(PolicyModule):
             loss_rows &= ~torch.tensor(out.truncated, dtype=torch.bool)
         return Trajectory(rollout=out, columns=columns, rewards=rewards, per_fn=per_fn, advantages=adv,
                           loss_rows=loss_rows, policy_version=self._policy_version, adv_stats=astats,
-                          penalty=penalty, resampled_groups=resampled, time_rollout=t_gen, time_reward=t_reward)
+                          penalty=penalty, resampled_groups=resampled, time_rollout=t_gen, time_reward=t_reward,
+                          nonfinite_rewards=nonfinite)
 
     def prepare(self, traj: Trajectory) -> list[MiniBatch]:
         """Split the rollout into mini-batches and token-budget micro-batches, agree with the other ranks on
@@ -552,6 +605,9 @@ class GRPOModule(PolicyModule):
         m = MicroBatch(rows=rows, ids=ids, attn=attn, cmask=cmask, adv=traj.advantages[rows].to(self.device),
                        padding=padding)
         if padding:
+            # at least one scored position, so the LM head is in the graph too (an untied head would otherwise get
+            # no gradient hook on this backward, and DDP's all-reduce would wait for it)
+            cmask[0, 0] = 1
             return m
         if out.logprobs is not None:
             elp = torch.zeros(cmask.shape, dtype=torch.float32)
@@ -576,7 +632,7 @@ class GRPOModule(PolicyModule):
                 if not mb.micro:
                     continue
                 opt.zero_grad()
-                step_loss = step_pl = 0.0
+                part = StepStats()  # this optimizer step's measurements, kept only when it is applied
                 last = len(mb.micro) - 1
                 for k, m in enumerate(mb.micro):
                     with self._no_grad_sync() if k < last else contextlib.nullcontext():
@@ -595,20 +651,44 @@ class GRPOModule(PolicyModule):
                         )
                         # the normalisers are global; DDP averages gradients over ranks, so undo its 1/W
                         self.manual_backward(loss * world)
-                    self._accumulate(stats, m, logp, entropy, loss, lstats, first_pass=epoch == 0)
-                    step_loss += float(loss.detach())
-                    step_pl += float(lstats["policy_loss"])
-                grad_norm = self.grad_norm() or 0.0
+                    self._accumulate(part, m, logp, entropy, loss, lstats, first_pass=epoch == 0)
+                    part.loss += float(loss.detach())
+                    part.policy_loss += float(lstats["policy_loss"])
+                part.grad_norm = self.grad_norm() or 0.0  # of the all-reduced gradients: equal on every rank
+                if not self._step_is_finite(part.loss, part.grad_norm):
+                    opt.zero_grad()  # no optimizer or scheduler step: weights, AdamW moments and LR stay as they were
+                    self._note_nonfinite_step(part.loss, part.grad_norm)
+                    continue
+                self._nonfinite_streak = 0
                 if hp.max_grad_norm:
                     self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
                 opt.step()
                 sched.step()
-                self._policy_version += 1
-                stats.optimizer_steps += 1
-                stats.loss += step_loss
-                stats.policy_loss += step_pl
-                stats.grad_norm += grad_norm
+                self._policy_version += 1  # only applied steps change the policy (and trigger an engine push)
+                part.optimizer_steps = 1
+                stats.merge(part)
         return stats
+
+    def _step_is_finite(self, loss: float, grad_norm: float) -> bool:
+        """Whether to apply this optimizer step: its loss and gradient norm are finite on every rank. The
+        gradient norm is already global, but the loss is this rank's share, so the flag is reduced (one
+        collective per optimizer step, which every rank takes) and all ranks skip or step together."""
+        bad = 0.0 if (math.isfinite(loss) and math.isfinite(grad_norm)) else 1.0
+        return self._reduce([bad], "max")[0] == 0.0
+
+    def _note_nonfinite_step(self, loss: float, grad_norm: float) -> None:
+        hp = self.hparams
+        self._nonfinite_streak += 1
+        self._skipped_steps += 1
+        log.warning("skipped an optimizer step at step %d: loss %s, gradient norm %s on this rank (%d in a row)",
+                    self.global_step, loss, grad_norm, self._nonfinite_streak)
+        if self._nonfinite_streak >= hp.max_nonfinite_steps:
+            raise RuntimeError(
+                f"{self._nonfinite_streak} consecutive optimizer steps had a non-finite loss or gradient norm "
+                f"(last: loss {loss}, gradient norm {grad_norm} on this rank) and were skipped "
+                f"(max_nonfinite_steps={hp.max_nonfinite_steps}); no update was applied, so the weights and the last "
+                "checkpoint are still finite. Check lr, the precision (fp16 overflows), the reward scale and "
+                "sampling.temperature")
 
     @staticmethod
     def _accumulate(stats: StepStats, m: MicroBatch, logp: Tensor, entropy: Tensor, loss: Tensor, lstats: dict,
@@ -643,7 +723,7 @@ class GRPOModule(PolicyModule):
             "adv_abs": float(traj.advantages.abs().sum()), "penalty": float(sum(traj.penalty)),
             "resampled": float(traj.resampled_groups), "tokens_per_s": float(out.stats.get("tokens_per_s", 0.0)),
             "loss": stats.loss, "policy_loss": stats.policy_loss, "steps": float(stats.optimizer_steps),
-            "grad_norm": stats.grad_norm,
+            "grad_norm": stats.grad_norm, "nonfinite_rewards": float(traj.nonfinite_rewards),
         }
         for k, wm in stats.token.items():
             sums[f"{k}.total"], sums[f"{k}.weight"] = wm.total, wm.weight
@@ -667,6 +747,7 @@ class GRPOModule(PolicyModule):
             t = torch.tensor(scores, dtype=torch.float64)
             sums[f"fn.{name}.sum"], sums[f"fn.{name}.sq"] = float(t.sum()), float((t ** 2).sum())
             sums[f"fn.{name}.failures"] = float(self.reward.failures.get(name, 0))
+            sums[f"fn.{name}.timeouts"] = float(self.reward.timeouts.get(name, 0))
         maxes = {"length_max": max(lengths), "ratio_max": stats.ratio_max, "mismatch_max": stats.mismatch_max,
                  "time/rollout": traj.time_rollout, "time/reward": traj.time_reward, "time/train": stats.time_train}
         mins = {"length_min": min(lengths)}
@@ -675,6 +756,7 @@ class GRPOModule(PolicyModule):
         x = dict(zip(keys_x, self._reduce([maxes[k] for k in keys_x], "max")))
         lo = dict(zip(keys_n, self._reduce([mins[k] for k in keys_n], "min")))
         self._tokens_seen += int(s["length"])
+        self._nonfinite_rewards += int(s["nonfinite_rewards"])
 
         def std(total: float, sq: float, count: float) -> float:
             return max(0.0, (sq - total * total / count) / (count - 1)) ** 0.5 if count > 1 else 0.0
@@ -710,6 +792,9 @@ class GRPOModule(PolicyModule):
             "advantage_abs_mean": s["adv_abs"] / s["n"],
             "format_rate": s["format"] / s["n"],
             "policy_version": float(self._policy_version),
+            # run totals (checkpointed): both stay 0 in a healthy run
+            "skipped_steps": float(self._skipped_steps),  # optimizer steps skipped for a non-finite loss / grad norm
+            "nonfinite_rewards": float(self._nonfinite_rewards),  # completions scored 0.0 (reward not finite in fp32)
         }
         if "accuracy" in s:
             metrics["accuracy"] = s["accuracy"] / s["n"]
@@ -724,6 +809,7 @@ class GRPOModule(PolicyModule):
             metrics[f"rewards/{name}/mean"] = s[f"fn.{name}.sum"] / s["n"]
             metrics[f"rewards/{name}/std"] = std(s[f"fn.{name}.sum"], s[f"fn.{name}.sq"], s["n"])
             metrics[f"rewards/{name}/failures"] = s[f"fn.{name}.failures"]  # batches it raised on, cumulative
+            metrics[f"rewards/{name}/timeouts"] = s[f"fn.{name}.timeouts"]  # calls / items over time, cumulative
         self.log_dict({f"train/{k}": torch.tensor(float(v)) for k, v in metrics.items()},
                       batch_size=len(out.prompt_ids))
 

@@ -7,6 +7,7 @@ Engines (HF ``generate`` now, vLLM colocated) differ only in speed; the trainer 
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Optional
@@ -32,6 +33,22 @@ class SamplingSettings:
     """Sampling seed (None = not reseeded)."""
     logprobs: bool = False
     """Return the engine's log-prob of each sampled token (train/inference mismatch diagnostics)."""
+
+    def __post_init__(self) -> None:
+        # checked when built (YAML, dataclasses.replace): a bad value fails here, naming itself, instead of deep
+        # inside an engine at the first rollout. temperature 0 is legitimate here (every engine samples greedily
+        # at temperature <= 0, as evaluation may want); GRPOModule refuses it for its training rollouts.
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"sampling n must be an int >= 1 (completions per prompt), got {self.n!r}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(
+                f"sampling temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"sampling max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling top_p must be in (0, 1], got {self.top_p!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"sampling top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
 
 
 @dataclass

@@ -24,7 +24,7 @@ from r1lightning.rewards.combine import (
     WeightedReward,
     get_reward_fn,
 )
-from r1lightning.rewards.errors import RewardConfigError
+from r1lightning.rewards.errors import RewardConfigError, RewardFailedError
 from r1lightning.rewards.format import format_reward, is_well_formatted
 from r1lightning.rewards.language import (
     LANGUAGE_SCRIPTS,
@@ -42,6 +42,7 @@ __all__ = [
     "REWARD_FUNCS",
     "SCRIPTS",
     "RewardConfigError",
+    "RewardFailedError",
     "RewardFn",
     "RewardTerm",
     "WeightedReward",

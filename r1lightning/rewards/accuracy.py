@@ -26,8 +26,11 @@ Departures from the paper / peers, on purpose:
   sympy). So checks run in a module-level, lazily created ``ProcessPoolExecutor`` (spawn
   context, safe next to torch's threads) whose workers are the main thread of their own process.
   The parent enforces a wall-clock ``timeout_s`` per item; an item over time scores 0.0 and the
-  pool is killed and respawned (the other items in flight are re-run, not penalised). A crashed
-  worker, a timeout, or an unparsable answer all give 0.0, never an exception.
+  pool is killed and respawned (the other items in flight are re-run, not penalised). All the
+  items of one call share ``batch_timeout_s`` (and the caller's deadline under WeightedReward,
+  :mod:`r1lightning.rewards.budget`): items not checked in time score 0.0 and are reported as
+  timeouts. A crashed worker, a timeout, or an unparsable answer all give 0.0, never an
+  exception. Workers die with their trainer, even on SIGKILL (:func:`_die_with_parent`).
   ``workers=0`` checks in-process when called from the main thread (no pool; only math-verify's
   own alarms bound the time, and they cancel any other ``SIGALRM`` timer in the process, e.g.
   pytest-timeout's signal method).
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import multiprocessing
 import os
 import re
@@ -47,13 +51,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from concurrent.futures.process import BrokenProcessPool
 from fractions import Fraction
 from typing import Any
 
+from r1lightning.rewards import budget
 from r1lightning.rewards.errors import RewardConfigError
-from r1lightning.rewards.parsing import as_text, extract_answer, extract_boxed
+from r1lightning.rewards.parsing import as_text, extract_answer, extract_boxed, strip_blank
 
 __all__ = [
     "accuracy_reward",
@@ -68,6 +79,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 10.0
+#: Wall-clock budget for all math-verify checks of one call (one batch), seconds. A batch of
+#: hostile answers (power towers, huge factorials) otherwise costs ~timeout per item.
+DEFAULT_BATCH_TIMEOUT_S = 60.0
 #: Answers longer than this are not sent to math-verify (0.0): no real final answer is that long,
 #: and sympy on a 100k-character "expression" is how a check hangs.
 DEFAULT_MAX_ANSWER_CHARS = 1000
@@ -103,7 +117,7 @@ def _final_answer(completion: object, require_answer_tag: bool) -> str | None:
     text = as_text(completion)
     ans = extract_answer(text)
     if ans is None and not require_answer_tag:
-        ans = text.rsplit("</think>", 1)[-1].strip()
+        ans = strip_blank(text.rsplit("</think>", 1)[-1])
     return ans or None
 
 
@@ -111,7 +125,7 @@ def _gold_text(gold: object) -> str | None:
     if gold is None:
         return None
     text = gold if isinstance(gold, str) else str(gold)
-    return text.strip() or None
+    return strip_blank(text) or None
 
 
 # --------------------------------------------------------------------------- exact match
@@ -283,7 +297,46 @@ def _inner_timeout(timeout_s: float) -> int:
     return max(1, int(timeout_s // 3))
 
 
-def _worker_init(barrier: Any) -> None:
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_WATCHDOG_PERIOD_S = 1.0
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this worker when the trainer that started it dies, even by SIGKILL.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` -- the kernel kills the worker the moment its
+    parent goes, even while the worker is stuck in C code holding the GIL (a sympy big-integer
+    computation). The "parent" there is the parent *thread* that started the process (prctl(2)),
+    which is why the pool is always started from one long-lived thread (:func:`_spawner`), never
+    from whichever short-lived thread happens to call a reward. Everywhere (and as a second line
+    on Linux): a daemon thread that exits the worker once ``os.getppid()`` changes (the orphan
+    was re-parented); it needs the GIL, so it cannot stop a worker that never releases it.
+    """
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except Exception:  # no libc / prctl (exotic platforms): the watchdog still runs
+            pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watchdog() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_WATCHDOG_PERIOD_S)
+        os._exit(1)
+
+    threading.Thread(target=watchdog, name="r1lightning-parent-watchdog", daemon=True).start()
+
+
+def _worker_init(barrier: Any, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     # Timeouts are expected here; math-verify logs each one with the whole expression.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     import math_verify  # noqa: F401  (pay the sympy import before the first timed item)
@@ -301,6 +354,19 @@ _POOL_LOCK = threading.RLock()
 _pool: ProcessPoolExecutor | None = None
 _pool_key: tuple[int, str] | None = None
 _warned_thread_fallback = False
+_spawner_executor: ThreadPoolExecutor | None = None
+
+
+def _spawner() -> ThreadPoolExecutor:
+    """One long-lived thread that starts every pool (see :func:`_die_with_parent`).
+
+    ProcessPoolExecutor (spawn) starts its workers from the thread that calls ``submit``; the
+    warm-up submits in :func:`_create_pool` start all of them, so they all run here.
+    """
+    global _spawner_executor
+    if _spawner_executor is None:
+        _spawner_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r1l-mv-spawner")
+    return _spawner_executor
 
 
 def _cpu_count() -> int:
@@ -314,12 +380,8 @@ def _default_workers() -> int:
     return max(1, min(4, _cpu_count()))
 
 
-def _kill_pool() -> None:
+def _kill_executor(pool: ProcessPoolExecutor) -> None:
     """Kill the workers outright (a hung one would never read a shutdown sentinel)."""
-    global _pool, _pool_key
-    pool, _pool, _pool_key = _pool, None, None
-    if pool is None:
-        return
     processes = list(getattr(pool, "_processes", {}).values())
     kill_workers = getattr(pool, "kill_workers", None)  # Python >= 3.14
     if kill_workers is not None:
@@ -332,32 +394,53 @@ def _kill_pool() -> None:
         process.join(timeout=5)
 
 
+def _kill_pool() -> None:
+    global _pool, _pool_key
+    pool, _pool, _pool_key = _pool, None, None
+    if pool is not None:
+        _kill_executor(pool)
+
+
 def shutdown_pool() -> None:
     """Stop the math-verify worker processes (they are restarted lazily on the next call)."""
     with _POOL_LOCK:
         _kill_pool()
 
 
-def _get_pool(workers: int, mp_context: str) -> ProcessPoolExecutor:
+def _create_pool(workers: int, mp_context: str, startup_timeout_s: float) -> ProcessPoolExecutor:
+    """Start a pool and wait until every worker is ready. Runs on the :func:`_spawner` thread."""
+    ctx = multiprocessing.get_context(mp_context)
+    # The barrier holds every worker until all have imported math-verify, so once a warm-up
+    # task returns, no item's clock will include a worker's start-up.
+    barrier = ctx.Barrier(workers)
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=ctx,
+        initializer=_worker_init,
+        initargs=(barrier, os.getpid()),
+    )
+    try:
+        warm = [pool.submit(_worker_ready) for _ in range(workers)]
+        end = time.monotonic() + startup_timeout_s
+        for future in warm:
+            future.result(timeout=max(0.0, end - time.monotonic()))
+    except BaseException:
+        _kill_executor(pool)
+        raise
+    return pool
+
+
+def _get_pool(
+    workers: int, mp_context: str, startup_timeout_s: float = _STARTUP_TIMEOUT_S
+) -> ProcessPoolExecutor:
     global _pool, _pool_key
     if _pool is not None and _pool_key != (workers, mp_context):
         _kill_pool()
     if _pool is None:
-        ctx = multiprocessing.get_context(mp_context)
-        # The barrier holds every worker until all have imported math-verify, so once a warm-up
-        # task returns, no item's clock will include a worker's start-up.
-        barrier = ctx.Barrier(workers)
-        pool = ProcessPoolExecutor(
-            max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(barrier,)
-        )
-        _pool, _pool_key = pool, (workers, mp_context)
-        try:
-            warm = [pool.submit(_worker_ready) for _ in range(workers)]
-            for future in warm:
-                future.result(timeout=_STARTUP_TIMEOUT_S)
-        except BaseException:
-            _kill_pool()
-            raise
+        # .result() without a timeout: _create_pool bounds its own wait, and killing the pool
+        # on failure is its job (it runs on the spawner thread, which must not take _POOL_LOCK).
+        _pool = _spawner().submit(_create_pool, workers, mp_context, startup_timeout_s).result()
+        _pool_key = (workers, mp_context)
     return _pool
 
 
@@ -365,6 +448,12 @@ def warmup_pool(workers: int | None = None, mp_context: str = "spawn") -> None:
     """Start the worker pool now (imports take a few seconds) instead of on the first batch."""
     with _POOL_LOCK:
         _get_pool(_default_workers() if workers is None else workers, mp_context)
+
+
+def _pool_pids() -> list[int]:
+    """Pids of the running pool's workers (for tests and diagnostics)."""
+    with _POOL_LOCK:
+        return sorted(getattr(_pool, "_processes", {}) or {})
 
 
 def _run_in_pool(
@@ -375,15 +464,23 @@ def _run_in_pool(
     workers: int,
     mp_context: str = "spawn",
     default: Any = 0.0,
+    batch_timeout_s: float | None = None,
 ) -> list[Any]:
-    """``[fn(*args) for args in arg_tuples]`` in the pool; an item that fails or runs longer than
-    ``timeout_s`` seconds (wall clock, measured from dispatch) gives ``default``.
+    """``[fn(*args) for args in arg_tuples]`` in the pool; an item that fails, runs longer than
+    ``timeout_s`` seconds (wall clock, measured from dispatch), or is not done when the batch
+    budget runs out gives ``default``.
 
-    At most ``workers`` items are in flight, one per worker, so dispatch time is start time.
+    The batch budget ends at the sooner of ``batch_timeout_s`` after the pool is up (a cold
+    start is bounded by its own start-up timeout, not the budget: :func:`warmup_pool` moves it
+    out of the first batch) and the caller's :func:`budget.deadline`. Items scored ``default``
+    for time are reported with :func:`budget.report_timeouts`. At most ``workers`` items are in
+    flight, one per worker, so dispatch time is start time.
     """
     results: list[Any] = [default] * len(arg_tuples)
     pending = deque(range(len(arg_tuples)))
     restarts = 0
+    timed_out = 0
+    end: float | None = None
     with _POOL_LOCK:
         while pending:
             if restarts > _MAX_RESTARTS_PER_CALL:
@@ -393,10 +490,21 @@ def _run_in_pool(
                     restarts - 1,
                     len(pending),
                 )
+                timed_out += len(pending)
                 break
             inflight: dict[Future, tuple[int, float]] = {}
             try:
-                pool = _get_pool(workers, mp_context)
+                if end is None:
+                    pool = _get_pool(workers, mp_context)
+                    ends = [budget.deadline()]
+                    if batch_timeout_s is not None:
+                        ends.append(time.monotonic() + batch_timeout_s)
+                    end = min((e for e in ends if e is not None), default=math.inf)
+                else:  # a restart within the call is paid from the budget
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError("no batch budget left to restart the pool")
+                    pool = _get_pool(workers, mp_context, min(_STARTUP_TIMEOUT_S, left))
             except Exception as exc:  # could not start: the next call tries again
                 log.warning(
                     "could not start the math-verify pool (%s: %s); scoring %d item(s) 0.0",
@@ -404,16 +512,30 @@ def _run_in_pool(
                     exc,
                     len(pending),
                 )
+                if end is not None:
+                    timed_out += len(pending)
                 break
             try:
                 while pending or inflight:
+                    if time.monotonic() >= end:
+                        n_left = len(pending) + len(inflight)
+                        log.warning(
+                            "math-verify batch budget spent; scoring %d unchecked item(s) 0.0",
+                            n_left,
+                        )
+                        timed_out += n_left
+                        pending.clear()
+                        if inflight:  # their workers are busy, maybe for ever: start afresh
+                            inflight.clear()
+                            _kill_pool()
+                        break
                     while pending and len(inflight) < workers:
                         i = pending.popleft()
                         inflight[pool.submit(fn, *arg_tuples[i])] = (i, time.monotonic())
                     first_deadline = min(t0 for _, t0 in inflight.values()) + timeout_s
                     done, _ = wait(
                         list(inflight),
-                        timeout=max(0.0, first_deadline - time.monotonic()),
+                        timeout=max(0.0, min(first_deadline, end) - time.monotonic()),
                         return_when=FIRST_COMPLETED,
                     )
                     for future in done:
@@ -427,6 +549,7 @@ def _run_in_pool(
                     if expired:
                         for future in expired:
                             inflight.pop(future)  # results[i] stays `default`
+                        timed_out += len(expired)
                         # Innocent items in flight are re-run on the fresh pool.
                         pending.extendleft(i for i, _ in inflight.values())
                         inflight.clear()
@@ -446,6 +569,7 @@ def _run_in_pool(
                 )
                 _kill_pool()
                 restarts += 1
+    budget.report_timeouts(timed_out)
     return results
 
 
@@ -455,6 +579,7 @@ def _check_options(
     mp_context: object,
     require_answer_tag: object,
     max_answer_chars: object,
+    batch_timeout_s: object = None,
 ) -> None:
     """Raise configuration errors on the first call, whether or not math-verify is needed."""
 
@@ -484,6 +609,14 @@ def _check_options(
         raise RewardConfigError(
             f"max_answer_chars must be a positive int, got {max_answer_chars!r}"
         )
+    if batch_timeout_s is not None and not (
+        isinstance(batch_timeout_s, (int, float))
+        and not isinstance(batch_timeout_s, bool)
+        and batch_timeout_s > 0
+    ):
+        raise RewardConfigError(
+            f"batch_timeout_s must be None or a positive number of seconds, got {batch_timeout_s!r}"
+        )
 
 
 def _check_pairs(
@@ -492,6 +625,7 @@ def _check_pairs(
     timeout_s: float,
     workers: int | None,
     mp_context: str,
+    batch_timeout_s: float | None = DEFAULT_BATCH_TIMEOUT_S,
 ) -> list[float]:
     """math-verify every ``(gold, pred)``: in the pool, or in-process for ``workers=0``."""
     global _warned_thread_fallback
@@ -500,7 +634,19 @@ def _check_pairs(
     inner = _inner_timeout(timeout_s)
     if workers == 0:
         if threading.current_thread() is threading.main_thread():
-            return [_mv_check(gold, pred, inner) for gold, pred in pairs]
+            # In-process: math-verify's alarms bound each item; the budget is checked between
+            # items (items after it score 0.0 and count as timeouts).
+            ends = [budget.deadline()]
+            if batch_timeout_s is not None:
+                ends.append(time.monotonic() + batch_timeout_s)
+            end = min((e for e in ends if e is not None), default=math.inf)
+            out = [0.0] * len(pairs)
+            for k, (gold, pred) in enumerate(pairs):
+                if time.monotonic() >= end:
+                    budget.report_timeouts(len(pairs) - k)
+                    break
+                out[k] = _mv_check(gold, pred, inner)
+            return out
         if not _warned_thread_fallback:
             log.warning(
                 "math_verify workers=0 needs the main thread (math-verify uses signal.alarm); "
@@ -520,6 +666,7 @@ def _check_pairs(
             workers=n_workers,
             mp_context=mp_context,
             default=0.0,
+            batch_timeout_s=batch_timeout_s,
         )
     ]
 
@@ -535,6 +682,7 @@ def math_verify_reward(
     mp_context: str = "spawn",
     require_answer_tag: bool = True,
     max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS,
+    batch_timeout_s: float | None = DEFAULT_BATCH_TIMEOUT_S,
     **kwargs: object,
 ) -> list[float]:
     """1.0 when math-verify finds the final answer equivalent to the gold answer, else 0.0.
@@ -547,6 +695,10 @@ def math_verify_reward(
         completions: model outputs.
         answer: dataset column, one gold answer per completion.
         timeout_s: wall-clock limit per item, seconds; slower items score 0.0.
+        batch_timeout_s: wall-clock budget for the whole call, seconds (``None``: no budget);
+            items not checked in time score 0.0. Under :class:`WeightedReward` the call also
+            ends by its per-call deadline, whichever comes first. Items scored 0.0 for time are
+            counted in ``WeightedReward.timeouts``.
         workers: pool size; ``None`` = ``min(4, CPUs)``; ``0`` = check in-process when called
             from the main thread (from another thread the pool is used, with a warning).
         mp_context: multiprocessing start method for the pool ("spawn" or "forkserver"; "fork"
@@ -555,7 +707,9 @@ def math_verify_reward(
         max_answer_chars: longer final answers score 0.0 without being parsed.
         **kwargs: other dataset columns, ignored.
     """
-    _check_options(timeout_s, workers, mp_context, require_answer_tag, max_answer_chars)
+    _check_options(
+        timeout_s, workers, mp_context, require_answer_tag, max_answer_chars, batch_timeout_s
+    )
     golds = _check_answer_column(answer, len(completions), "math_verify")
     scores = [0.0] * len(completions)
     todo: list[int] = []
@@ -567,7 +721,13 @@ def math_verify_reward(
         todo.append(i)
         pairs.append((gold_s, pred))
     for i, score in zip(
-        todo, _check_pairs(pairs, timeout_s=timeout_s, workers=workers, mp_context=mp_context)
+        todo, _check_pairs(
+            pairs,
+            timeout_s=timeout_s,
+            workers=workers,
+            mp_context=mp_context,
+            batch_timeout_s=batch_timeout_s,
+        )
     ):
         scores[i] = score
     return scores
@@ -581,6 +741,7 @@ def accuracy_reward(
     mp_context: str = "spawn",
     require_answer_tag: bool = True,
     max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS,
+    batch_timeout_s: float | None = DEFAULT_BATCH_TIMEOUT_S,
     **kwargs: object,
 ) -> list[float]:
     """R1-Zero accuracy reward (§2.2): exact match first, math-verify for non-numeric golds.
@@ -596,7 +757,9 @@ def accuracy_reward(
 
     Arguments are those of :func:`math_verify_reward`.
     """
-    _check_options(timeout_s, workers, mp_context, require_answer_tag, max_answer_chars)
+    _check_options(
+        timeout_s, workers, mp_context, require_answer_tag, max_answer_chars, batch_timeout_s
+    )
     golds = _check_answer_column(answer, len(completions), "accuracy")
     scores = [0.0] * len(completions)
     todo: list[int] = []
@@ -611,7 +774,13 @@ def accuracy_reward(
             todo.append(i)
             pairs.append((gold_s, pred))
     for i, score in zip(
-        todo, _check_pairs(pairs, timeout_s=timeout_s, workers=workers, mp_context=mp_context)
+        todo, _check_pairs(
+            pairs,
+            timeout_s=timeout_s,
+            workers=workers,
+            mp_context=mp_context,
+            batch_timeout_s=batch_timeout_s,
+        )
     ):
         scores[i] = score
     return scores

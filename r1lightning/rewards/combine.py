@@ -23,25 +23,48 @@ name, or the function name for an import path) and any other keys as keyword arg
 Keyword arguments given in the spec must be named parameters of the function (a typo is an
 error, not a silent no-op), unless the function takes only ``**kwargs``. At call time every
 dataset column is passed too; a column overrides a spec argument of the same name (so a
-per-sample ``language`` column beats ``language: en``). A function that raises, or returns
-the wrong number of scores, scores 0.0 for that batch with one warning per function, and is
-counted in :attr:`WeightedReward.failures`; non-finite scores become 0.0. Training never stops
-for a reward.
+per-sample ``language`` column beats ``language: en``).
+
+What a shared cluster does to a run, and what happens then:
+
+* **Time.** Every call runs under a wall-clock limit (``call_timeout_s``, per reward; a spec
+  key ``call_timeout_s`` overrides it) and all rewards of one batch share a budget
+  (``batch_timeout_s``). Built-in rewards run inline (they are linear-time, fuzz-tested; the
+  math-verify ones bound their own items through :mod:`r1lightning.rewards.budget`, scoring
+  items not checked in time 0.0). A user function runs in a daemon worker thread
+  (``isolation: thread``, the default for anything not built in) and WeightedReward stops
+  waiting at the limit: the batch scores 0.0 and ``timeouts[label]`` grows. A Python thread
+  cannot be killed, so the call may go on in the background; while it does, that reward is not
+  called again (its batches score 0.0, counted as timeouts), so at most one thread per reward
+  leaks. A reward that never releases the GIL (a C-level loop) cannot be bounded this way; run
+  such code in your own subprocess. ``isolation: inline`` runs a user function in the calling
+  thread, unbounded (for code that needs the main thread, e.g. ``signal.alarm``).
+* **Failures.** A function that raises scores 0.0 for that batch (one warning per function)
+  and is counted in :attr:`WeightedReward.failures`; non-finite scores become 0.0. A reward
+  that raises or times out on ``max_consecutive_failures`` batches in a row stops the run with
+  :class:`~r1lightning.rewards.errors.RewardFailedError` naming it (training on zeros for ever
+  is worse than stopping). Returning the wrong number of scores, or no sequence at all, is a
+  programming error, not model output: it stops the run at once.
+  :class:`~r1lightning.rewards.errors.RewardConfigError` always propagates.
 """
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import inspect
 import logging
 import math
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from r1lightning.rewards.accuracy import accuracy_reward, exact_match_reward, math_verify_reward
-from r1lightning.rewards.errors import RewardConfigError
+from r1lightning.rewards import budget
+from r1lightning.rewards.errors import RewardConfigError, RewardFailedError
 from r1lightning.rewards.format import format_reward
 from r1lightning.rewards.language import language_consistency_reward
 
@@ -97,14 +120,50 @@ def get_reward_fn(name: str) -> RewardFn:
     return fn
 
 
+#: How a reward call is run: "inline" (in the calling thread, not interruptible) or "thread"
+#: (a daemon worker thread; WeightedReward stops waiting at the limit).
+ISOLATIONS = ("inline", "thread")
+DEFAULT_CALL_TIMEOUT_S = 60.0
+DEFAULT_BATCH_TIMEOUT_S = 120.0
+DEFAULT_MAX_CONSECUTIVE_FAILURES = 5
+
+
 @dataclass
 class RewardTerm:
-    """One weighted component of :class:`WeightedReward`."""
+    """One weighted component of :class:`WeightedReward`.
+
+    ``call_timeout_s`` and ``isolation`` default (``None``) to WeightedReward's per-call limit
+    and to "inline" for built-in rewards, "thread" for any other function.
+    """
 
     label: str
     fn: RewardFn
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    call_timeout_s: float | None = None
+    isolation: str | None = None
+
+
+def _check_seconds(label: str, key: str, value: object, allow_none: bool = True) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise RewardConfigError(
+            f"reward {label!r}: {key} must be a positive number of seconds, got {value!r}"
+        )
+    return float(value)
+
+
+def _check_isolation(label: str, value: object) -> str | None:
+    if value is not None and value not in ISOLATIONS:
+        raise RewardConfigError(
+            f"reward {label!r}: isolation must be one of {list(ISOLATIONS)}, got {value!r}"
+        )
+    return value  # type: ignore[return-value]
+
+
+def _is_builtin(fn: RewardFn) -> bool:
+    return any(fn is f for f in REWARD_FUNCS.values())
 
 
 def _check_weight(label: str, weight: object) -> float:
@@ -158,9 +217,24 @@ def _term_from_entry(name: object, value: object) -> RewardTerm:
                 f"reward {name!r}: label must be a non-empty string, got {label!r}"
             )
         weight = _check_weight(label, options.pop("weight", 1.0))
+        call_timeout_s = _check_seconds(
+            label, "call_timeout_s", options.pop("call_timeout_s", None)
+        )
+        isolation = _check_isolation(label, options.pop("isolation", None))
         _check_kwargs(label, fn, options)
-        return RewardTerm(label=label, fn=fn, weight=weight, kwargs=options)
+        return RewardTerm(
+            label=label,
+            fn=fn,
+            weight=weight,
+            kwargs=options,
+            call_timeout_s=call_timeout_s,
+            isolation=isolation,
+        )
     return RewardTerm(label=label, fn=fn, weight=_check_weight(label, value))
+
+
+class _CallTimeout(Exception):
+    """A bounded reward call did not return within its limit."""
 
 
 class WeightedReward:
@@ -170,13 +244,28 @@ class WeightedReward:
         rewards: ``{name: weight}`` or ``{name: {"weight": w, **options}}`` (names are built-in
             names or import paths), or a list of names, callables, ``RewardTerm``\\ s and
             ``{"name": ..., "weight": ..., "label": ..., **options}`` mappings. See the module
-            docstring.
+            docstring. Besides the function's own options a spec may set ``call_timeout_s``
+            (this reward's per-call limit) and ``isolation`` ("inline" or "thread").
+        call_timeout_s: wall-clock limit of one reward call (one batch), seconds. A user
+            reward still running then scores 0.0 for the batch (a timeout); a built-in
+            math-verify reward stops checking items (those score 0.0, counted as timeouts).
+        batch_timeout_s: wall-clock budget of all reward calls of one batch together, seconds.
+            Inline (built-in) rewards run first; each later call gets at most what is left,
+            and a call with nothing left is not made (0.0, a timeout).
+        max_consecutive_failures: a reward that raises or times out on this many batches in a
+            row stops the run (:class:`RewardFailedError`); ``None`` never stops.
 
     Call with ``(completions, **columns)``; returns ``(total, per_fn)`` where ``total[i] =
     sum_k weight_k * per_fn[label_k][i]`` and ``per_fn`` holds the *unweighted* scores.
     """
 
-    def __init__(self, rewards: Mapping[str, Any] | Sequence[Any]) -> None:
+    def __init__(
+        self,
+        rewards: Mapping[str, Any] | Sequence[Any],
+        call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+        batch_timeout_s: float = DEFAULT_BATCH_TIMEOUT_S,
+        max_consecutive_failures: int | None = DEFAULT_MAX_CONSECUTIVE_FAILURES,
+    ) -> None:
         terms: list[RewardTerm] = []
         if isinstance(rewards, Mapping):
             terms = [_term_from_entry(name, value) for name, value in rewards.items()]
@@ -185,6 +274,8 @@ class WeightedReward:
                 if isinstance(entry, RewardTerm):
                     _check_weight(entry.label, entry.weight)
                     _check_kwargs(entry.label, entry.fn, entry.kwargs)
+                    _check_seconds(entry.label, "call_timeout_s", entry.call_timeout_s)
+                    _check_isolation(entry.label, entry.isolation)
                     terms.append(entry)
                 elif isinstance(entry, Mapping):
                     if "name" not in entry:
@@ -209,9 +300,28 @@ class WeightedReward:
             raise RewardConfigError(
                 f"duplicate reward label(s) {duplicates}: give each a distinct 'label'"
             )
+        if max_consecutive_failures is not None and (
+            isinstance(max_consecutive_failures, bool)
+            or not isinstance(max_consecutive_failures, int)
+            or max_consecutive_failures < 1
+        ):
+            raise RewardConfigError(
+                "max_consecutive_failures must be a positive int or None, "
+                f"got {max_consecutive_failures!r}"
+            )
+        self.call_timeout_s = _check_seconds("*", "call_timeout_s", call_timeout_s, False)
+        self.batch_timeout_s = _check_seconds("*", "batch_timeout_s", batch_timeout_s, False)
+        self.max_consecutive_failures = max_consecutive_failures
         self.terms: list[RewardTerm] = terms
         #: Batches each function failed on (raised, or returned a wrong-length result).
         self.failures: Counter[str] = Counter()
+        #: Per label: calls that ran out of time (or were skipped: budget spent, or the previous
+        #: call's thread still running), plus items a reward scored 0.0 for time itself
+        #: (math-verify's per-item limit and per-batch budget).
+        self.timeouts: Counter[str] = Counter()
+        self._consecutive: Counter[str] = Counter()
+        self._last_error: dict[str, str] = {}
+        self._running: dict[str, threading.Thread] = {}
         self._warned: set[str] = set()
 
     @property
@@ -227,15 +337,82 @@ class WeightedReward:
         inner = ", ".join(f"{t.label}={t.weight:g}" for t in self.terms)
         return f"{type(self).__name__}({inner})"
 
-    def _warn_once(self, label: str, message: str, *args: object, exc_info: bool = False) -> None:
-        if label not in self._warned:
-            self._warned.add(label)
+    def _warn_once(
+        self, key: str, message: str, *args: object, exc_info: BaseException | bool = False
+    ) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
             log.warning(message + " (warned once per reward)", *args, exc_info=exc_info)
 
+    def _isolation(self, term: RewardTerm) -> str:
+        if term.isolation is not None:
+            return term.isolation
+        return "inline" if _is_builtin(term.fn) else "thread"
+
+    def _call_in_thread(
+        self, term: RewardTerm, completions: Sequence[str], kwargs: dict[str, Any], limit: float
+    ) -> Any:
+        running = self._running.get(term.label)
+        if running is not None and running.is_alive():
+            raise _CallTimeout("its previous call is still running")
+        box: dict[str, Any] = {}
+        ctx = contextvars.copy_context()  # carries the deadline and the timeout sink
+
+        def target() -> None:
+            try:
+                box["value"] = ctx.run(term.fn, completions, **kwargs)
+            except BaseException as exc:  # handed to the caller below
+                box["error"] = exc
+
+        # A daemon thread, not a ThreadPoolExecutor: the executor's threads are joined at
+        # interpreter exit, so one hung reward would also hang the end of the run.
+        thread = threading.Thread(target=target, name=f"reward-{term.label}", daemon=True)
+        thread.start()
+        thread.join(limit)
+        if thread.is_alive():
+            self._running[term.label] = thread
+            raise _CallTimeout(f"no result after {limit:.1f}s")
+        self._running.pop(term.label, None)
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def _count_timeouts(self, label: str, n: int) -> None:
+        if n:  # no zero entries: the Counter lists only rewards that did time out
+            self.timeouts[label] += n
+
+    def _fail(self, term: RewardTerm, what: str, exc: BaseException | None) -> None:
+        """Count a failed batch; stop the run after ``max_consecutive_failures`` in a row."""
+        self._consecutive[term.label] += 1
+        self._last_error[term.label] = what
+        k, limit = self._consecutive[term.label], self.max_consecutive_failures
+        if limit is not None and k >= limit:
+            raise RewardFailedError(
+                f"reward {term.label!r} ({_fn_name(term.fn)}) failed on {k} consecutive "
+                f"batches (last: {what}); every one scored 0.0. Fix the function or remove it "
+                "from `rewards` (max_consecutive_failures sets how many failures in a row stop "
+                "the run)"
+            ) from exc
+
     def _score(
-        self, term: RewardTerm, completions: Sequence[str], columns: Mapping[str, Any]
+        self,
+        term: RewardTerm,
+        completions: Sequence[str],
+        columns: Mapping[str, Any],
+        end: float,
     ) -> list[float]:
         n = len(completions)
+        limit = end - time.monotonic()
+        if limit <= 0:
+            self.timeouts[term.label] += 1
+            self._warn_once(
+                f"{term.label}:budget",
+                "reward %r not called: the batch budget (batch_timeout_s=%gs) was spent by the "
+                "rewards before it; scoring the batch 0.0",
+                term.label,
+                self.batch_timeout_s,
+            )
+            return [0.0] * n
         kwargs = {**term.kwargs, **columns}
         try:
             params = inspect.signature(term.fn).parameters
@@ -243,37 +420,96 @@ class WeightedReward:
                 kwargs = {k: v for k, v in kwargs.items() if k in params}
         except (TypeError, ValueError):
             pass
-        try:
-            raw = list(term.fn(completions, **kwargs))
-            if len(raw) != n:
-                raise ValueError(f"returned {len(raw)} scores for {n} completions")
-            scores = [float(x) if x is not None else math.nan for x in raw]
-        except RewardConfigError:
-            raise  # a configuration mistake repeats every step: stop now, loudly
-        except Exception as exc:
-            self.failures[term.label] += 1
-            self._warn_once(
-                term.label,
-                "reward %r failed (%s: %s); scoring the batch 0.0",
-                term.label,
-                type(exc).__name__,
-                exc,
-                exc_info=True,
-            )
-            return [0.0] * n
+        with budget.bounded(end) as reported:
+            try:
+                if self._isolation(term) == "thread":
+                    raw = self._call_in_thread(term, completions, kwargs, limit)
+                else:
+                    raw = term.fn(completions, **kwargs)
+            except RewardConfigError:
+                raise  # a configuration mistake repeats every step: stop now, loudly
+            except _CallTimeout as exc:
+                self.timeouts[term.label] += 1 + sum(reported)
+                self._warn_once(
+                    f"{term.label}:timeout",
+                    "reward %r timed out (%s; limit %.1fs per call); scoring the batch 0.0. Its "
+                    "thread cannot be killed and may still be running",
+                    term.label,
+                    exc,
+                    limit,
+                )
+                self._fail(term, f"timed out: {exc}", None)
+                return [0.0] * n
+            except Exception as exc:
+                self.failures[term.label] += 1
+                self._count_timeouts(term.label, sum(reported))
+                self._warn_once(
+                    term.label,
+                    "reward %r failed (%s: %s); scoring the batch 0.0",
+                    term.label,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
+                )
+                self._fail(term, f"{type(exc).__name__}: {exc}", exc)
+                return [0.0] * n
+        self._count_timeouts(term.label, sum(reported))
+        scores = self._check_result(term, raw, n)
+        self._consecutive[term.label] = 0
         if not all(math.isfinite(x) for x in scores):
             self._warn_once(
-                term.label, "reward %r returned non-finite scores; using 0.0", term.label
+                f"{term.label}:nonfinite",
+                "reward %r returned non-finite or non-numeric scores; using 0.0",
+                term.label,
             )
             scores = [x if math.isfinite(x) else 0.0 for x in scores]
+        return scores
+
+    @staticmethod
+    def _check_result(term: RewardTerm, raw: object, n: int) -> list[float]:
+        """Scores as floats; a wrong count or type is a bug in the function: stop at once."""
+        if isinstance(raw, (str, bytes)) or not isinstance(raw, Sequence):
+            try:
+                raw = list(raw)  # type: ignore[call-overload]  (a generator, a tensor, ...)
+            except TypeError:
+                raise RewardFailedError(
+                    f"reward {term.label!r} ({_fn_name(term.fn)}) returned "
+                    f"{type(raw).__name__}, expected a list of {n} scores (one per completion)"
+                ) from None
+        if len(raw) != n:
+            raise RewardFailedError(
+                f"reward {term.label!r} ({_fn_name(term.fn)}) returned {len(raw)} scores for "
+                f"{n} completions: a reward must return one score per completion"
+            )
+        scores = []
+        for x in raw:
+            try:
+                scores.append(float(x) if x is not None else math.nan)
+            except (TypeError, ValueError):
+                scores.append(math.nan)  # garbage score -> 0.0, with the non-finite warning
         return scores
 
     def __call__(
         self, completions: Sequence[str], **columns: Any
     ) -> tuple[list[float], dict[str, list[float]]]:
-        per_fn = {term.label: self._score(term, completions, columns) for term in self.terms}
+        start = time.monotonic()
+        batch_end = start + self.batch_timeout_s
+        # Inline rewards first: they are cheap, so a slow user reward cannot starve them.
+        order = sorted(self.terms, key=lambda t: self._isolation(t) != "inline")
+        scored: dict[str, list[float]] = {}
+        for term in order:
+            limit = term.call_timeout_s if term.call_timeout_s is not None else self.call_timeout_s
+            end = min(batch_end, time.monotonic() + limit)
+            scored[term.label] = self._score(term, completions, columns, end)
+        per_fn = {term.label: scored[term.label] for term in self.terms}
         total = [0.0] * len(completions)
         for term in self.terms:
             for i, r in enumerate(per_fn[term.label]):
                 total[i] += term.weight * r
         return total, per_fn
+
+
+def _fn_name(fn: RewardFn) -> str:
+    module = getattr(fn, "__module__", None)
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return f"{module}:{name}" if module else name

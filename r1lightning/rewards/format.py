@@ -7,7 +7,8 @@ because a loose format reward is the first thing a policy learns to game:
 
     completion ::= ws "<think>" THINK "</think>" ws "<answer>" ANSWER "</answer>" ws
 
-where ``ws`` is optional whitespace, THINK and ANSWER are non-empty after stripping, and neither
+where ``ws`` is optional whitespace, THINK and ANSWER are non-empty after stripping whitespace
+and control characters (a block of NUL bytes is empty), and neither
 contains a ``<think>``/``</think>``/``<answer>``/``</answer>`` tag (any case, spaces allowed
 inside the brackets). Anything else scores 0.0: no reasoning, an empty answer, two think or two
 answer blocks, the answer before the reasoning, tags nested in either block, or any text after
@@ -20,7 +21,7 @@ import re
 from collections.abc import Sequence
 
 from r1lightning.rewards.errors import RewardConfigError
-from r1lightning.rewards.parsing import as_text
+from r1lightning.rewards.parsing import as_text, strip_blank
 
 __all__ = ["format_reward", "is_well_formatted"]
 
@@ -42,7 +43,12 @@ def is_well_formatted(text: str) -> bool:
     if n_tags != 4:
         return False
     match = _TEMPLATE_RE.fullmatch(text)
-    return match is not None and bool(match.group(1).strip()) and bool(match.group(2).strip())
+    # strip_blank: a block of only NUL / control / zero-width characters is empty.
+    return (
+        match is not None
+        and bool(strip_blank(match.group(1)))
+        and bool(strip_blank(match.group(2)))
+    )
 
 
 def format_reward(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["extract_answer", "extract_boxed", "extract_think", "as_text"]
+__all__ = ["extract_answer", "extract_boxed", "extract_think", "as_text", "strip_blank"]
 
 # The tempered token ``(?:(?!<answer>).)`` stops a match from swallowing a later ``<answer>``,
 # so "<answer>1<answer>2</answer>" yields "2" (the innermost well-formed block) and a run of
@@ -23,6 +23,21 @@ _THINK_RE = re.compile(r"<think>((?:(?!<think>).)*?)</think>", re.DOTALL)
 # Box openers, escaped braces (``\{`` ``\}`` are literal braces in LaTeX, not grouping), escaped
 # backslashes (so ``\\{`` is a line break followed by a real group) and bare braces.
 _BRACE_TOKENS_RE = re.compile(r"\\(?:boxed|fbox)\s*\{|\\\\|\\[{}]|[{}]")
+# Whitespace plus the invisible characters str.strip() keeps: C0/C1 controls (NUL, ESC, DEL, ...)
+# and zero-width / direction marks. An answer made only of these is empty, not an answer a
+# grader should see. (str.strip with a character set is linear; an end-anchored regex is not.)
+_BLANK_CHARS = "".join(
+    chr(c)
+    for lo, hi in ((0x00, 0x20), (0x7F, 0xA0), (0x200B, 0x200F), (0x202A, 0x202E),
+                   (0x2060, 0x2064), (0xFEFF, 0xFEFF))
+    for c in range(lo, hi + 1)
+)
+
+
+def strip_blank(text: str) -> str:
+    """``text.strip()`` that also strips NUL and other control / zero-width characters, so a
+    block of only such characters is ``""``. Characters inside the text are kept."""
+    return text.strip().strip(_BLANK_CHARS)
 
 
 def as_text(completion: object) -> str:
@@ -49,12 +64,14 @@ def extract_answer(text: str) -> str | None:
     """Content of the LAST well-formed ``<answer>...</answer>`` block, stripped; else ``None``.
 
     "Well-formed" means an opening tag followed by a closing tag with no other opening tag in
-    between. The content may be ``""`` (an empty answer block); callers treat that as wrong.
+    between. The content may be ``""`` (an empty answer block, or one of only whitespace, NUL
+    and other control / zero-width characters, see :func:`strip_blank`); callers treat that as
+    wrong.
     """
     if not isinstance(text, str) or "</answer>" not in text:
         return None
     matches = _ANSWER_RE.findall(text)
-    return matches[-1].strip() if matches else None
+    return strip_blank(matches[-1]) if matches else None
 
 
 def extract_think(text: str) -> str | None:

@@ -46,10 +46,6 @@ def broken_reward(completions, **kwargs):
     raise RuntimeError("bug in a user reward")
 
 
-def short_reward(completions, **kwargs):
-    return [1.0]
-
-
 def nan_reward(completions, **kwargs):
     return [math.nan, math.inf, 1.0][: len(completions)]
 
@@ -190,22 +186,20 @@ def test_failing_reward_scores_zero_warns_once_and_counts(caplog):
     reward = WeightedReward(
         [
             "format",
-            {"name": broken_reward, "weight": 5.0},  # raises
-            {"name": short_reward},  # wrong number of scores
+            {"name": broken_reward, "weight": 5.0},  # raises (3 batches < 5 in a row: no stop)
             nan_reward,  # non-finite scores
         ]
     )
     with caplog.at_level(logging.WARNING, logger="r1lightning.rewards.combine"):
         for _ in range(3):
             total, per_fn = reward([GOOD, WRONG, NO_FORMAT])
-    # format [1, 1, 0] + 5 * broken [0, 0, 0] + short [0, 0, 0] + nan -> [0, 0, 1]
+    # format [1, 1, 0] + 5 * broken [0, 0, 0] + nan -> [0, 0, 1]
     assert total == [1.0, 1.0, 1.0]
     assert per_fn["broken_reward"] == [0.0, 0.0, 0.0]
     assert per_fn["nan_reward"] == [0.0, 0.0, 1.0]
-    assert reward.failures == {"broken_reward": 3, "short_reward": 3}  # every failed batch counted
+    assert reward.failures == {"broken_reward": 3}  # every failed batch counted
     warnings = [r.getMessage() for r in caplog.records]
     assert sum("broken_reward" in w for w in warnings) == 1  # ... but warned once
-    assert sum("short_reward" in w for w in warnings) == 1
     assert sum("nan_reward" in w for w in warnings) == 1
 
 

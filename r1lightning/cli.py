@@ -4,19 +4,157 @@ The LightningModule and DataModule are chosen by ``class_path`` in the YAML, so 
 ``configs/r1.yaml`` fully describes a run and any value can be overridden on the command line:
 
     python -m r1lightning fit --config configs/r1.yaml --model.init_args.lr 5e-5 --trainer.max_steps 200
+
+What R1CLI adds to LightningCLI, all so that a run survives a shared cluster (README "Reliability"):
+
+- ``--ckpt_path``: model arguments that differ from the checkpoint's hyperparameters are applied when they
+  are in :data:`r1lightning.resume.SAFE_ON_RESUME` (each one reported) and refused otherwise, with the list
+  -- LightningCLI alone silently replaces them by the checkpoint's;
+- ``--ckpt_path`` without a fixed logger version: the run logs into the checkpoint's TensorBoard/CSV version
+  folder (recorded in the checkpoint), so the resumed curve continues the interrupted one;
+- a fixed logger version whose folder already holds files is refused, unless resuming from that run;
+- callbacks added to every run that does not list them: :class:`r1lightning.preemption.Preemption`
+  (SIGTERM/SIGUSR1 -> checkpoint + exit 143/138), :class:`r1lightning.resume.RunRecord`,
+  :class:`r1lightning.resume.OptimizerFromHparams`.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
+from pathlib import Path
+from typing import Any, Optional
 
 import lightning.pytorch as pl
+import torch
+import yaml
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+from r1lightning.resume import RUN_KEY, SAFE_ON_RESUME, model_differences, split_safe
+
+_FILE_LOGGERS = ("TensorBoardLogger", "CSVLogger")  # loggers with save_dir / name / version folders
+
+
+def _is_launching_process() -> bool:
+    """False in the extra ranks of a multi-process launch, which see the folder rank 0 just created."""
+    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def _version_dir(save_dir: str, name: Optional[str], version: Any) -> Path:
+    sub = version if isinstance(version, str) else f"version_{version}"
+    return Path(save_dir, name, sub) if name else Path(save_dir, sub)
 
 
 class R1CLI(LightningCLI):
-    """LightningCLI with r1lightning's defaults (seeded runs, config saved next to the logs)."""
+    """LightningCLI with r1lightning's defaults (seeded runs, config saved next to the logs, honest resumes)."""
+
+    ckpt_run: Optional[dict] = None  # the checkpoint's RunRecord entry
+    resume_applied: dict = {}  # {model key: (checkpoint value, applied value)}
+
+    # ---------------------------------------------------------------- --ckpt_path and the model arguments
+    def _model_dump(self, sub: str) -> dict:
+        dumped = yaml.safe_load(self.parser.dump(self.config, skip_link_targets=False, skip_none=False, format="yaml"))
+        return dumped[sub]["model"] or {}
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's merge of the checkpoint's hyperparameters, with SAFE_ON_RESUME kept from the command line."""
+        sub = self.config.get("subcommand")
+        if not sub:
+            return
+        ckpt_path = self.config[sub].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return  # 'last' / 'hpc' / a missing file: Lightning reports it
+        # mmap: only the small entries are read, not a multi-GB state dict
+        ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
+        self.ckpt_run = ckpt.get(RUN_KEY)
+        hparams = dict(ckpt.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        requested_ns = copy.deepcopy(self.config)
+        requested = self._model_dump(sub)
+        try:
+            self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
+        safe, refused = split_safe(model_differences(requested, self._model_dump(sub)))
+        if refused:
+            lines = "\n".join(f"  model.init_args.{k}: checkpoint {old!r}, command line/config {new!r}"
+                              for k, (old, new) in sorted(refused.items()))
+            self.parser.error(
+                f"--ckpt_path {ckpt_path}: these model arguments differ from the checkpoint's and cannot change on "
+                f"resume:\n{lines}\nOnly {', '.join(SAFE_ON_RESUME)} (beta while it stays > 0) may change. Use the "
+                "checkpoint's values, or start a new run from its weights instead of resuming it.")
+        for key in {k.split(".", 1)[0] for k in safe}:
+            name = f"{sub}.model.init_args.{key}"
+            self.config[name] = requested_ns[name]
+        self.resume_applied = safe
+        if safe:
+            rank_zero_warn("resuming with model arguments that differ from the checkpoint's (the command line wins): "
+                           + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in sorted(safe.items())))
+
+    # ---------------------------------------------------------------- logger folder
+    def _logger_configs(self, sub: str) -> list:
+        cfg = self.config[sub].get("trainer", {}).get("logger")
+        items = cfg if isinstance(cfg, list) else [cfg]
+        return [c for c in items if hasattr(c, "get") and str(c.get("class_path", "")).rsplit(".", 1)[-1] in _FILE_LOGGERS]
+
+    def before_instantiate_classes(self) -> None:
+        sub = self.subcommand
+        if sub is None:
+            return
+        ckpt_path = self.config[sub].get("ckpt_path")
+        ckpt_file = Path(ckpt_path).resolve() if ckpt_path and Path(ckpt_path).is_file() else None
+        for logger in self._logger_configs(sub):
+            args = logger["init_args"]
+            save_dir, name, version = args.get("save_dir"), args.get("name"), args.get("version")
+            if save_dir is None:
+                continue
+            if version is not None:  # fixed by the user: it must be a new folder or the run being resumed
+                folder = _version_dir(save_dir, name, version).resolve()
+                if folder.is_dir() and any(folder.iterdir()) and _is_launching_process():
+                    run = self.ckpt_run or {}
+                    same = ckpt_file is not None and (
+                        (run.get("log_dir") and Path(run["log_dir"]).resolve() == folder) or folder in ckpt_file.parents)
+                    if not same:
+                        files = sorted(p.name for p in folder.iterdir())[:5]
+                        self.parser.error(
+                            f"logger version {version!r}: {folder} already holds another run's files ({', '.join(files)}"
+                            "...); their checkpoints and event files would interleave. Choose a new version, remove "
+                            "the folder, or resume that run with --ckpt_path <one of its checkpoints>.")
+            elif ckpt_file is not None:
+                resumed = self._checkpoint_version(ckpt_file, save_dir, name)
+                if resumed is not None:
+                    args["version"] = resumed
+
+    def _checkpoint_version(self, ckpt_file: Path, save_dir: str, name: Optional[str]) -> Any:
+        """The logger version the checkpoint's run wrote to, when it used this save_dir and name."""
+        run = self.ckpt_run
+        base = (Path(save_dir, name) if name else Path(save_dir)).resolve()
+        if run and run.get("version") is not None and run.get("save_dir") is not None:
+            run_base = Path(run["save_dir"], run["name"]) if run.get("name") else Path(run["save_dir"])
+            return run["version"] if run_base.resolve() == base else None
+        # older checkpoints: the ModelCheckpoint default <save_dir>/<name>/version_N/checkpoints/x.ckpt
+        if ckpt_file.parent.name == "checkpoints" and ckpt_file.parent.parent.parent == base:
+            folder = ckpt_file.parent.parent.name
+            return int(folder[len("version_"):]) if folder.startswith("version_") and folder[8:].isdigit() else folder
+        return None
+
+    # ---------------------------------------------------------------- default callbacks
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> pl.Trainer:
+        from r1lightning.preemption import Preemption
+        from r1lightning.resume import OptimizerFromHparams, RunRecord
+
+        listed = [*(config.get("callbacks") or []), *callbacks]
+        for cls in (Preemption, RunRecord, OptimizerFromHparams):
+            if not any(isinstance(c, cls) for c in listed):
+                callbacks.append(cls())
+        return super()._instantiate_trainer(config, callbacks)
 
 
 def main(args: list[str] | None = None) -> R1CLI:

@@ -25,6 +25,30 @@ from r1lightning.data.templates import check_template, render_prompt
 log = logging.getLogger(__name__)
 
 
+def _model_max_positions(policy) -> Optional[int]:
+    """``max_position_embeddings`` of an r1lightning Policy's model, read without building it."""
+    if policy is None:
+        return None
+    model = getattr(policy, "model", None)
+    if model is not None:
+        return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    cfg = getattr(policy, "config", None)
+    if cfg is None:
+        return None
+    if getattr(cfg, "model_name_or_path", None) is None:
+        return getattr(getattr(cfg, "tiny", None), "max_position_embeddings", None)
+    try:
+        from transformers import AutoConfig
+
+        from r1lightning.policy import resolve_path
+
+        hf = AutoConfig.from_pretrained(str(resolve_path(cfg.model_name_or_path)), local_files_only=True,
+                                        trust_remote_code=getattr(cfg, "trust_remote_code", False))
+    except (OSError, ValueError):  # no local config: Policy.build reports the path itself
+        return None
+    return getattr(hf, "max_position_embeddings", None)
+
+
 class ListDataset(Dataset):
     def __init__(self, items: list):
         self.items = items
@@ -58,15 +82,32 @@ class ResumableRandomSampler(DistributedSampler):
 
 
 def require_columns(rows: list[dict], columns: dict[str, Optional[str]], source: str) -> None:
-    """Every configured column must exist in the first row (named with its option)."""
+    """Every configured column must exist in every row (named with its option and the first row lacking it)."""
     if not rows:
         raise ValueError(f"data source {source!r} is empty")
-    first = rows[0]
     for option, column in columns.items():
-        if column is not None and column not in first:
+        if column is None:
+            continue
+        missing = [i for i, row in enumerate(rows) if column not in row]
+        if len(missing) == len(rows):
             raise ValueError(
-                f"data source {source!r} has no column {column!r} (option {option}); columns are {sorted(first)}"
+                f"data source {source!r} has no column {column!r} (option {option}); columns are {sorted(rows[0])}"
             )
+        if missing:
+            raise ValueError(f"data source {source!r}: {len(missing)} of {len(rows)} rows have no column {column!r} "
+                             f"(option {option}), the first is row {missing[0]}")
+
+
+def rows_with_value(rows: list[dict], column: str, option: str, source: str) -> tuple[list[dict], int]:
+    """(rows whose ``column`` holds a value, how many were dropped). A column missing from some rows or
+    null in them is the same thing to a reward: no gold value. Refused when no row has one."""
+    kept = [r for r in rows if r.get(column) is not None and r.get(column) != ""]
+    if not kept:
+        if not any(column in r for r in rows):
+            raise ValueError(f"data source {source!r} has no column {column!r} (option {option}); columns are "
+                             f"{sorted(rows[0])}. Set {option} to the right column, or to null if the rewards need none.")
+        raise ValueError(f"data source {source!r}: column {column!r} (option {option}) is null or empty in every row")
+    return kept, len(rows) - len(kept)
 
 
 class _RowsDataModule(pl.LightningDataModule):
@@ -363,8 +404,10 @@ class PromptDataModule(_RowsDataModule):
             template: 'chat', 'r1_zero' (DeepSeek-R1-Zero Table 1), 'plain' or a format string with {prompt}.
             prompt_column: Column with the question.
             answer_column: Column with the gold answer passed to rewards as ``answer``; None if the rewards need none.
+                Rows where it is missing or null are dropped (counted and reported); none left is an error.
             system_prompt: System message prepended with the chat template.
-            max_prompt_length: Prompts longer than this many tokens are dropped (counted and reported).
+            max_prompt_length: Prompts longer than this many tokens are dropped (counted and reported); so are
+                prompts that leave fewer than max_new_tokens of the model's positions.
             batch_size: Questions per training step (per device). R1: 32 questions x 16 samples = 512 outputs.
             val_batch_size: Questions per validation batch.
             num_workers: DataLoader worker processes.
@@ -374,28 +417,72 @@ class PromptDataModule(_RowsDataModule):
                          tokenizer)
         self.prompt_column, self.answer_column = prompt_column, answer_column
         self.max_prompt_length = max_prompt_length
-        self.dropped = 0
+        self.dropped = 0  # prompts too long (max_prompt_length or the model's positions)
+        self.no_answer = 0  # rows dropped for a missing / null answer
 
     def _prepare(self, rows: list[dict], source: str, train: bool) -> list:
-        require_columns(rows, {"prompt_column": self.prompt_column, "answer_column": self.answer_column}, source)
+        require_columns(rows, {"prompt_column": self.prompt_column}, source)
+        if self.answer_column:
+            rows, no_answer = rows_with_value(rows, self.answer_column, "answer_column", source)
+            self.no_answer += no_answer
+            if no_answer:
+                log.warning("%d of %d rows of %r have no %r value (missing or null) and were dropped: the accuracy "
+                            "reward could only score them 0", no_answer, no_answer + len(rows), source,
+                            self.answer_column)
+        positions, new_tokens = self._position_budget(train)
+        if positions is not None and new_tokens >= positions:
+            raise ValueError(f"max_new_tokens={new_tokens} leaves no room for a prompt in the model's {positions} "
+                             "positions")
+        limit = self.max_prompt_length if positions is None else min(self.max_prompt_length, positions - new_tokens)
         add_special = self.template != "chat"
         items = []
+        dropped = 0
         for row in rows:
             text = self.render(row[self.prompt_column])
             ids = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
-            if len(ids) > self.max_prompt_length:
-                self.dropped += 1
+            if len(ids) > limit:
+                dropped += 1
                 continue
             columns = {k: v for k, v in row.items() if k != self.prompt_column}
             if self.answer_column and self.answer_column != "answer":
                 columns["answer"] = row[self.answer_column]
             items.append({"prompt_ids": ids, "prompt_text": text, "columns": columns})
-        if self.dropped:
-            log.warning("%d prompts longer than max_prompt_length=%d were dropped from %r", self.dropped,
-                        self.max_prompt_length, source)
+        self.dropped += dropped
+        why = f"max_prompt_length={self.max_prompt_length}"
+        if limit < self.max_prompt_length:
+            why += f" or the model's {positions} positions minus max_new_tokens={new_tokens} (= {limit} tokens)"
+        if dropped:
+            log.warning("%d prompts longer than %s were dropped from %r", dropped, why, source)
         if not items:
-            raise ValueError(f"data source {source!r}: no prompt fits max_prompt_length={self.max_prompt_length}")
+            raise ValueError(f"data source {source!r}: no prompt fits {why}")
         return items
+
+    def _position_budget(self, train: bool) -> tuple[Optional[int], int]:
+        """(the model's maximum positions or None if unknown, the longest generation to leave room for).
+
+        Positions: the smaller of the tokenizer's ``model_max_length`` (when set) and the model config's
+        ``max_position_embeddings``. Generation: the module's ``sampling.max_new_tokens`` for training
+        (the largest length a GenerationLengthScheduler-like callback with ``milestones`` will reach),
+        ``eval_sampling.max_new_tokens`` for validation.
+        """
+        candidates = []
+        tok_max = getattr(self._tokenizer or self.tokenizer, "model_max_length", None)
+        if isinstance(tok_max, int) and 0 < tok_max < 10**8:  # transformers' "unset" is a huge sentinel
+            candidates.append(tok_max)
+        trainer = self.trainer
+        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        model_max = _model_max_positions(getattr(module, "policy", None))
+        if model_max:
+            candidates.append(model_max)
+        sampling = getattr(module, "sampling" if train else "eval_sampling", None)
+        if sampling is None and not train:
+            sampling = getattr(module, "sampling", None)
+        new_tokens = int(getattr(sampling, "max_new_tokens", 0) or 0)
+        if train and trainer is not None:
+            for cb in trainer.callbacks:
+                for _, length in getattr(cb, "milestones", None) or []:
+                    new_tokens = max(new_tokens, int(length))
+        return (min(candidates) if candidates else None), new_tokens
 
     def collate(self, items: list[dict]) -> dict:
         keys = set().union(*(x["columns"].keys() for x in items))

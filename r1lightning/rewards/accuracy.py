@@ -720,15 +720,9 @@ def math_verify_reward(
             continue
         todo.append(i)
         pairs.append((gold_s, pred))
-    for i, score in zip(
-        todo, _check_pairs(
-            pairs,
-            timeout_s=timeout_s,
-            workers=workers,
-            mp_context=mp_context,
-            batch_timeout_s=batch_timeout_s,
-        )
-    ):
+    checked = _check_pairs(pairs, timeout_s=timeout_s, workers=workers, mp_context=mp_context,
+                           batch_timeout_s=batch_timeout_s)
+    for i, score in zip(todo, checked):
         scores[i] = score
     return scores
 
@@ -773,14 +767,8 @@ def accuracy_reward(
         elif parse_number(normalize_answer(gold_s)) is None and len(pred) <= max_answer_chars:
             todo.append(i)
             pairs.append((gold_s, pred))
-    for i, score in zip(
-        todo, _check_pairs(
-            pairs,
-            timeout_s=timeout_s,
-            workers=workers,
-            mp_context=mp_context,
-            batch_timeout_s=batch_timeout_s,
-        )
-    ):
+    checked = _check_pairs(pairs, timeout_s=timeout_s, workers=workers, mp_context=mp_context,
+                           batch_timeout_s=batch_timeout_s)
+    for i, score in zip(todo, checked):
         scores[i] = score
     return scores

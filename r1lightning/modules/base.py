@@ -165,14 +165,9 @@ class PolicyModule(pl.LightningModule):
         if n > 1:
             metrics[f"{prefix}/cons@{n}"] = float(self.val_cons.compute())
         keys = ("samples", "format_rate", "completion_length", "truncated_ratio", "eval_s")
-        values = [float(self._val_stats.get(k, 0.0)) for k in keys]
-        world = self.trainer.world_size if self._trainer is not None else 1
-        if world > 1:
-            values = self.trainer.strategy.reduce(
-                torch.tensor(values, dtype=torch.float64, device=self.device), reduce_op="sum").tolist()
-        totals = dict(zip(keys, values))
+        totals = dict(zip(keys, self._reduce([float(self._val_stats.get(k, 0.0)) for k in keys], "sum")))
         samples = max(totals.pop("samples"), 1.0)
-        totals["eval_s"] /= world  # seconds per rank
+        totals["eval_s"] /= self._world_size  # seconds per rank
         for k, v in totals.items():
             metrics[f"{prefix}/{k}"] = v if k == "eval_s" else v / samples
         self.val_pass1.reset()
@@ -180,8 +175,20 @@ class PolicyModule(pl.LightningModule):
         self._val_stats = {}
         return metrics
 
+    # ---------------------------------------------------------------- ranks
+    @property
+    def _world_size(self) -> int:
+        return int(self._trainer.world_size) if self._trainer is not None else 1
+
+    def _reduce(self, values: list[float], op: str = "sum") -> list[float]:
+        """Element-wise all-reduce of a list of floats over the ranks (one collective; none on one rank)."""
+        if self._world_size <= 1 or not values:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        return self.trainer.strategy.reduce(t, reduce_op=op).tolist()
+
     def setup(self, stage: str) -> None:
-        if self._trainer is not None and self.trainer.world_size == 1:
+        if self._trainer is not None and self._world_size == 1:
             # A colocated vLLM engine initialises a world-size-1 torch.distributed group in this process; Lightning
             # then advises sync_dist=True for every epoch-level value although nothing is distributed (and on
             # several ranks these are logged with sync_dist=True, their values already reduced over the ranks).
@@ -197,11 +204,8 @@ class PolicyModule(pl.LightningModule):
 
         bad = nonfinite_tensors(checkpoint.get("state_dict", {}), "state_dict")
         bad += nonfinite_tensors(checkpoint.get("optimizer_states", []), "optimizer_states")
-        world = self.trainer.world_size if self._trainer is not None else 1
-        found = float(len(bad))
-        if world > 1:  # sharded weights differ by rank: all ranks raise together, none waits at the barrier
-            found = float(self.trainer.strategy.reduce(
-                torch.tensor([found], dtype=torch.float64, device=self.device), reduce_op="sum")[0])
+        # sharded weights differ by rank: all ranks raise together, none waits at the barrier
+        found = self._reduce([float(len(bad))], "sum")[0]
         if found:
             names = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
             what = f"{len(bad)} tensor(s) on this rank hold NaN or inf ({names})" if bad else \

@@ -449,17 +449,6 @@ class GRPOModule(PolicyModule):
         return self.engine
 
     # ---------------------------------------------------------------- distributed helpers
-    @property
-    def _world_size(self) -> int:
-        return int(self._trainer.world_size) if self._trainer is not None else 1
-
-    def _reduce(self, values: list[float], op: str = "sum") -> list[float]:
-        """Element-wise all-reduce of a list of floats over the ranks (one collective)."""
-        if self._world_size <= 1 or not values:
-            return list(values)
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        return self.trainer.strategy.reduce(t, reduce_op=op).tolist()
-
     @staticmethod
     def _split(values: list[float]) -> tuple[list[float], list[float]]:
         half = len(values) // 2
@@ -552,7 +541,7 @@ class GRPOModule(PolicyModule):
 
     def prepare(self, traj: Trajectory) -> list[MiniBatch]:
         """Split the rollout into mini-batches and token-budget micro-batches, agree with the other ranks on
-        the work (one collective), and compute pi_old and pi_ref of every micro-batch before any update."""
+        the work (two reductions), and compute pi_old and pi_ref of every micro-batch before any update."""
         hp, out = self.hparams, traj.rollout
         completions = out.completion_ids
         slices = minibatch_rows(len(out.prompt_ids), out.n, hp.num_minibatches)

@@ -1,6 +1,7 @@
-"""Read a run's TensorBoard event files and plot the R1 signatures over training steps.
+"""Read a run's TensorBoard event files and plot the R1 signatures over training steps; tabulate evaluations.
 
     python -m r1lightning.analysis lightning_logs/r1/version_0 --out curves.png
+    python -m r1lightning.analysis table lightning_logs/eval/version_*/eval/summary.json [--detail]
 
 The notebook ``notebooks/analyze_run.ipynb`` uses the same functions.
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
+import math
 import os
 from pathlib import Path
 
@@ -85,7 +88,87 @@ def plot_run(logdir: str | os.PathLike, out: str | os.PathLike | None = None, sm
     return fig
 
 
+def _pct(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{100 * value:.1f}"
+
+
+def _num(value, digits: int = 0) -> str:
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
+
+
+def _pass1(m: dict) -> str:
+    lo, hi = m.get("pass@1_ci_low"), m.get("pass@1_ci_high")
+    ci = f" [{_pct(lo)}, {_pct(hi)}]" if lo is not None and math.isfinite(lo) else ""
+    return _pct(m.get("pass@1")) + ci
+
+
+def _extra_pass(m: dict) -> str:
+    keys = sorted((k for k in m if k.startswith(("pass@", "cons@")) and k != "pass@1" and "_ci_" not in k),
+                  key=lambda k: (k[:4], int(k.split("@")[1]) if k.split("@")[1].isdigit() else 0))
+    return ", ".join(f"{k} {_pct(m[k])}" for k in keys) or "-"
+
+
+def load_summaries(paths) -> list[dict]:
+    """Evaluation summaries (``summary.json`` of ``python -m r1lightning test``), in the order given."""
+    out = []
+    for p in paths:
+        with open(p, encoding="utf-8") as f:
+            data = json.load(f)
+        if "benchmarks" not in data:
+            raise ValueError(f"{p}: not an r1lightning evaluation summary (no 'benchmarks')")
+        out.append(data)
+    return out
+
+
+def eval_table(summaries: list[dict], detail: bool = False) -> str:
+    """Markdown table of evaluation summaries.
+
+    ``detail``: one row per (model, benchmark) with every metric (pass@1 in % with its confidence interval,
+    other pass@k / cons@k, mean length, truncation, format and language-consistency rates). Otherwise one row
+    per model and one column per benchmark: pass@1 % (cons@k %).
+    """
+    if detail:
+        head = ["model", "benchmark", "questions", "k", "pass@1 % [CI]", "pass@k / cons@k %", "length",
+                "truncated %", "format %", "language %", "seconds"]
+        lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        for s in summaries:
+            for name, b in s["benchmarks"].items():
+                m = b["metrics"]
+                k = m["samples"] / m["questions"] if m.get("questions") else float("nan")
+                lines.append("| " + " | ".join([
+                    str(s.get("model")), name, _num(m.get("questions")), _num(k, 0 if k == int(k or 0) else 1),
+                    _pass1(m), _extra_pass(m), _num(m.get("completion_length"), 1), _pct(m.get("truncated_ratio")),
+                    _pct(m.get("format_rate")), _pct(m.get("language_consistency")), _num(m.get("seconds"), 1)]) + " |")
+        return "\n".join(lines)
+    names: list[str] = []
+    for s in summaries:
+        names.extend(n for n in s["benchmarks"] if n not in names)
+    lines = ["| model | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
+    for s in summaries:
+        cells = []
+        for n in names:
+            m = s["benchmarks"].get(n, {}).get("metrics")
+            if m is None:
+                cells.append("")
+                continue
+            cons = next((m[k] for k in m if k.startswith("cons@")), None)
+            cells.append(_pct(m.get("pass@1")) + (f" ({_pct(cons)})" if cons is not None else ""))
+        lines.append(f"| {s.get('model')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "table":
+        tp = argparse.ArgumentParser(prog="python -m r1lightning.analysis table",
+                                     description="Markdown table of evaluation summaries (summary.json files).")
+        tp.add_argument("summaries", nargs="+", help="summary.json files of `python -m r1lightning test` runs")
+        tp.add_argument("--detail", action="store_true", help="one row per model and benchmark, every metric")
+        targs = tp.parse_args(argv[1:])
+        print(eval_table(load_summaries(targs.summaries), detail=targs.detail))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("logdir", help="a run folder (or any folder above its event files)")
     parser.add_argument("--out", default="curves.png", help="PNG to write")

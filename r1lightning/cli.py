@@ -71,6 +71,9 @@ class R1CLI(LightningCLI):
         self.ckpt_run = ckpt.get(RUN_KEY)
         hparams = dict(ckpt.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
+        if str(self.config[sub].get("model", {}).get("class_path", "")).endswith(".EvalModule"):
+            self._eval_checkpoint(sub, ckpt_path, hparams)
+            return
         if not hparams:
             return
         if "_class_path" in hparams:
@@ -97,6 +100,22 @@ class R1CLI(LightningCLI):
         if safe:
             rank_zero_warn("resuming with model arguments that differ from the checkpoint's (the command line wins): "
                            + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in sorted(safe.items())))
+
+    def _eval_checkpoint(self, sub: str, ckpt_path: str, hparams: dict) -> None:
+        """Evaluating a training checkpoint: its hyperparameters belong to another module (GRPO, SFT, ...), so
+        only its policy settings are taken, and only when the config names no policy of its own."""
+        import dataclasses
+
+        if self.config[sub]["model"]["init_args"].get("policy") is not None:
+            return
+        policy = hparams.get("policy")
+        if policy is None:
+            self.parser.error(f"--ckpt_path {ckpt_path}: the checkpoint records no policy settings; give "
+                              "--model.init_args.policy.model_name_or_path for the model it was trained from")
+        if dataclasses.is_dataclass(policy):
+            policy = dataclasses.asdict(policy)
+        model = {"class_path": self.config[sub]["model"]["class_path"], "init_args": {"policy": policy}}
+        self.config = self.parser.parse_object({sub: {"model": model}}, self.config)
 
     # ---------------------------------------------------------------- logger folder
     def _logger_configs(self, sub: str) -> list:

@@ -17,7 +17,7 @@ import yaml
 from r1lightning.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 CALLBACKS = sorted((ROOT / "callbacks").glob("*.yaml"))
 BASE = ROOT / "configs" / "sft_tiny_base.yaml"  # the config callback lists are checked against
 
@@ -48,7 +48,8 @@ def test_configs_are_found():
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_config_parses(config, capsys, monkeypatch):
-    cfg = print_config(["fit", "--config", str(config)], capsys, monkeypatch)
+    sub = "test" if config.parent.name == "eval" else "fit"  # evaluation configs are run with `test`
+    cfg = print_config([sub, "--config", str(config)], capsys, monkeypatch)
     assert {"trainer", "model", "data"} <= set(cfg)
     assert cfg["model"]["class_path"].startswith("r1lightning.")
 

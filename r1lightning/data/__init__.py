@@ -1,5 +1,6 @@
 """Data: sources, templates, DataModules, synthetic tasks and benchmark loaders."""
 
 from r1lightning.data.datamodule import PromptDataModule, SFTDataModule
+from r1lightning.data.evaluation import EvalDataModule, EvalSet
 
-__all__ = ["PromptDataModule", "SFTDataModule"]
+__all__ = ["EvalDataModule", "EvalSet", "PromptDataModule", "SFTDataModule"]

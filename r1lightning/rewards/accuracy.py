@@ -362,7 +362,8 @@ def _mv_parse(text: str, inner_timeout: int) -> list:
 
 @functools.lru_cache(maxsize=4096)
 def _mv_parse_gold(gold: str, inner_timeout: int) -> list:
-    # A group's G completions share one gold answer: parse it once per worker.
+    # A group's G completions share one gold answer: parse it once per worker. Vote grouping
+    # (voting.py) parses its answers through here too: a question's answers recur across calls.
     return _mv_parse(gold, inner_timeout)
 
 

@@ -3,7 +3,9 @@
 R1-Zero is trained on a rule-based reward of two parts, *accuracy* and *format* (§2.2). For
 math, "the model is required to provide the final answer in a specified format (e.g., within a
 box), enabling reliable rule-based verification of correctness". Here the answer is the content
-of the last ``<answer>...</answer>`` block, and the ``\\boxed{}`` inside it when there is one.
+of the last ``<answer>...</answer>`` block, and the ``\\boxed{}`` inside it when there is one (else
+a GSM8K-style ``#### n`` line in it). The answer-length guard (``max_answer_chars``) bounds that
+extracted answer, not the block around it.
 
 Three rewards, all ``fn(completions, answer, **kwargs) -> list[float]`` scoring 1.0 or 0.0:
 

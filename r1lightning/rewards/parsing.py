@@ -168,14 +168,14 @@ def extract_final_answer(completion: object) -> str | None:
     """The answer one sampled completion votes for (cons@k), ``None`` when it gives none.
 
     In order: the last ``\\boxed{}`` inside the last ``<answer>`` block, else the ``#### n``
-    line of that block, else the whole block (:func:`answer_in_block`); without an answer
-    block, the last ``\\boxed{}`` of the whole text, else its last ``#### n`` line. Plain prose
+    line of that block, else the whole block (:func:`answer_in_block`); without a non-empty
+    answer block, the last ``\\boxed{}`` of the whole text, else its last ``#### n`` line. Plain prose
     without any of these is ``None`` (no "last number in the text" guess). Takes anything
     (``None``, chat-message lists, numbers) and never raises; linear time.
     """
     text = as_text(completion)
     block = extract_answer(text)
-    if block is not None:
+    if block:  # an empty block says nothing: look at the rest of the text
         return answer_in_block(block)
     boxed = extract_boxed(text)
     if boxed:

@@ -45,7 +45,8 @@ def r1(answer: str, think: str = "work") -> str:
         (r"<think>x</think> so \boxed{42}.", "42"),  # no block: the last box of the text
         ("She has 9 left.\n#### 18\n", "18"),  # no block, no box: the GSM8K marker
         ("The answer is 42.", None),  # prose alone: no guessing the last number
-        (r1(""), None),  # empty block
+        (r1(""), None),  # empty block, nothing else
+        (r1("") + r"\boxed{6}", "6"),  # an empty block says nothing: the box after it counts
         (r1(r"\boxed{}"), None),  # an empty box is no answer
         (r1("####"), "####"),  # a marker with nothing after it is no marker: the block
         ("<answer>" + r"\boxed{" * 500 + "1" + "</answer>", r"\boxed{" * 500 + "1"),  # unclosed

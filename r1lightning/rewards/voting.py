@@ -76,6 +76,7 @@ def _numeric_value(parsed: list, inner_timeout: int) -> complex | None:
     """The value of a parsed answer that is a plain constant (``2\\sqrt{2}``, ``\\pi/3``), else
     None (symbols, tuples, sets, intervals, matrices, anything that fails or takes too long)."""
     import sympy
+    from math_verify.errors import TimeoutException
     from math_verify.utils import timeout
 
     expr = parsed[0] if parsed else None
@@ -83,7 +84,7 @@ def _numeric_value(parsed: list, inner_timeout: int) -> complex | None:
         return None
     try:
         value = timeout(timeout_seconds=inner_timeout)(lambda: complex(expr.evalf(20)))()
-    except BaseException:  # TimeoutException, TypeError (not a number after all), overflow, ...
+    except (Exception, TimeoutException):  # time, TypeError (not a number after all), overflow
         return None
     return value if cmath.isfinite(value) else None
 

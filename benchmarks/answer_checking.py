@@ -70,8 +70,8 @@ def main() -> None:
            accuracy_reward, [r1(rf"\boxed{{{w}}}") for w in rewrites], golds, 1.0)
 
     g_golds = [row["answer"] for row in gsm8k]
-    boxed = [re.sub(r"####\s*(.*)$", lambda m: rf"The answer is $\boxed{{{m[1]}}}$.", row["solution"])
-             for row in gsm8k]
+    boxed = [re.sub(r"####\s*(.*)$", lambda m: rf"The answer is $\boxed{{{m[1]}}}$.", r["solution"])
+             for r in gsm8k]
     record("GSM8K rationales (#### n), wrapped, accuracy_reward = 1", accuracy_reward,
            [r1(row["solution"]) for row in gsm8k], g_golds, 1.0)
     record("GSM8K rationales, #### line boxed, wrapped, accuracy_reward = 1", accuracy_reward,
@@ -90,7 +90,8 @@ def main() -> None:
     start = time.perf_counter()
     group_equivalent_batch(batch, workers=args.workers, batch_timeout_s=None)
     seconds = time.perf_counter() - start
-    rows.append({"check": f"cons@64 grouping, {args.questions} MATH-500 questions", "seconds": seconds})
+    rows.append({"check": f"cons@64 grouping, {args.questions} MATH-500 questions",
+                 "seconds": seconds})
     print(f"| cons@64 grouping of {args.questions} MATH-500 questions (8 spellings each) | - | "
           f"{seconds:.1f} s ({seconds / args.questions * 1000:.0f} ms per question) |")
     numeric = [[str(rng.randint(1, 30)) for _ in range(64)] for _ in range(500)]
@@ -98,7 +99,8 @@ def main() -> None:
     group_equivalent_batch(numeric, workers=args.workers)
     seconds = time.perf_counter() - start
     rows.append({"check": "cons@64 grouping, 500 all-numeric questions", "seconds": seconds})
-    print(f"| cons@64 grouping of 500 all-numeric questions (no math-verify) | - | {seconds:.2f} s |")
+    print(f"| cons@64 grouping of 500 all-numeric questions (no math-verify) | - | "
+          f"{seconds:.2f} s |")
     accuracy.shutdown_pool()
 
     RESULTS.mkdir(exist_ok=True)

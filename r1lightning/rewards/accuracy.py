@@ -292,9 +292,10 @@ def exact_match_reward(
     """1.0 when the final answer equals the gold answer after normalisation, else 0.0.
 
     The final answer is taken from the last ``<answer>`` block: its last ``\\boxed{}`` content,
-    else its ``#### n`` line (GSM8K), else the whole block (R1 §2.2). Both sides go through :func:`normalize_answer`; when both parse as plain numbers
-    (:func:`parse_number`) they are compared as exact rationals (``85`` == ``85.0`` == ``170/2``),
-    otherwise as strings (case-sensitive).
+    else its ``#### n`` line (GSM8K), else the whole block (R1 §2.2). Both sides go through
+    :func:`normalize_answer`; when both parse as plain numbers (:func:`parse_number`) they are
+    compared as exact rationals (``85`` == ``85.0`` == ``170/2``), otherwise as strings
+    (case-sensitive).
 
     Args:
         completions: model outputs.
@@ -323,7 +324,7 @@ def exact_match_reward(
 # A ``$`` that is not ``\$`` (an escaped dollar is currency, not a math delimiter).
 _DELIMITED_RE = re.compile(r"(?<!\\)\$|\\\(|\\\[|\\boxed|\\fbox")
 # Thin spaces inside a number ("1\,000", "32,\!348"): math-verify reads "1\,000" as nothing.
-_DIGIT_SPACING_RE = re.compile(r"(?<=\d)(?:\\[,!]|\{,\})(?=\d)")
+_DIGIT_SPACING_RE = re.compile(r"(?<=[\d,])\\[,!]\s*(?=\d)|(?<=\d)\{,\}(?=\d)")
 
 
 def _mv_clean(text: str) -> str:

@@ -169,9 +169,9 @@ def extract_final_answer(completion: object) -> str | None:
 
     In order: the last ``\\boxed{}`` inside the last ``<answer>`` block, else the ``#### n``
     line of that block, else the whole block (:func:`answer_in_block`); without a non-empty
-    answer block, the last ``\\boxed{}`` of the whole text, else its last ``#### n`` line. Plain prose
-    without any of these is ``None`` (no "last number in the text" guess). Takes anything
-    (``None``, chat-message lists, numbers) and never raises; linear time.
+    answer block, the last ``\\boxed{}`` of the whole text, else its last ``#### n`` line.
+    Plain prose without any of these is ``None`` (no "last number in the text" guess). Takes
+    anything (``None``, chat-message lists, numbers) and never raises; linear time.
     """
     text = as_text(completion)
     block = extract_answer(text)

@@ -15,12 +15,12 @@ from r1lightning.rewards.accuracy import (
     exact_match_reward,
     math_verify_reward,
 )
-from r1lightning.rewards.voting import group_equivalent
 from r1lightning.rewards.parsing import (
     answer_in_block,
     extract_final_answer,
     extract_hash_answer,
 )
+from r1lightning.rewards.voting import group_equivalent
 
 pytest.importorskip("math_verify")
 
@@ -161,7 +161,8 @@ EQUIVALENCES = [
      1.0),  # other brackets, decimals for fractions
     (r"\begin{pmatrix}-1&0\\0&-1\end{pmatrix}", r"\begin{pmatrix} -1 & 0 \\ 0 & -1 \end{pmatrix}",
      1.0),  # spacing only (exact match keeps the row breaks)
-    (r"\begin{pmatrix} 2 \\ 1 \end{pmatrix}", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", 0.0),  # order
+    (r"\begin{pmatrix} 2 \\ 1 \end{pmatrix}", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}",
+     0.0),  # rows in another order
     # units, currency, degrees
     ("5", r"5 \text{ cm}", 1.0),  # unit on the gold
     (r"5\text{ cm}", "5", 1.0),  # unit on the answer

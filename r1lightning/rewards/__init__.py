@@ -3,7 +3,8 @@
 Every reward is a plain function ``fn(completions: list[str], **columns) -> list[float]``:
 dataset columns (``answer=[...]``, ``language=[...]``) arrive as per-sample lists, unknown
 columns are ignored, and model output never raises (garbage scores, it does not crash).
-:class:`WeightedReward` combines them from a plain-data spec (YAML-friendly).
+:class:`WeightedReward` combines them from a plain-data spec (YAML-friendly). :mod:`.voting`
+groups equivalent answers for cons@k (majority vote).
 
 This package imports no torch / lightning, so reward worker processes start fast.
 """
@@ -35,7 +36,19 @@ from r1lightning.rewards.language import (
     scripts_for_language,
     target_language_fraction,
 )
-from r1lightning.rewards.parsing import as_text, extract_answer, extract_boxed, extract_think
+from r1lightning.rewards.parsing import (
+    as_text,
+    extract_answer,
+    extract_boxed,
+    extract_final_answer,
+    extract_think,
+)
+from r1lightning.rewards.voting import (
+    group_equivalent,
+    group_equivalent_batch,
+    majority_answer,
+    majority_answers,
+)
 
 __all__ = [
     "LANGUAGE_SCRIPTS",
@@ -51,12 +64,17 @@ __all__ = [
     "exact_match_reward",
     "extract_answer",
     "extract_boxed",
+    "extract_final_answer",
     "extract_think",
     "format_reward",
     "get_reward_fn",
+    "group_equivalent",
+    "group_equivalent_batch",
     "is_well_formatted",
     "language_consistency_reward",
     "language_fractions",
+    "majority_answer",
+    "majority_answers",
     "math_verify_reward",
     "normalize_answer",
     "parse_number",

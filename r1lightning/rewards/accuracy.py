@@ -3,7 +3,9 @@
 R1-Zero is trained on a rule-based reward of two parts, *accuracy* and *format* (§2.2). For
 math, "the model is required to provide the final answer in a specified format (e.g., within a
 box), enabling reliable rule-based verification of correctness". Here the answer is the content
-of the last ``<answer>...</answer>`` block, and the ``\\boxed{}`` inside it when there is one.
+of the last ``<answer>...</answer>`` block, and the ``\\boxed{}`` inside it when there is one (else
+a GSM8K-style ``#### n`` line in it). The answer-length guard (``max_answer_chars``) bounds that
+extracted answer, not the block around it.
 
 Three rewards, all ``fn(completions, answer, **kwargs) -> list[float]`` scoring 1.0 or 0.0:
 
@@ -64,7 +66,13 @@ from typing import Any
 
 from r1lightning.rewards import budget
 from r1lightning.rewards.errors import RewardConfigError
-from r1lightning.rewards.parsing import as_text, extract_answer, extract_boxed, strip_blank
+from r1lightning.rewards.parsing import (
+    answer_in_block,
+    as_text,
+    extract_answer,
+    extract_boxed,
+    strip_blank,
+)
 
 __all__ = [
     "accuracy_reward",
@@ -82,8 +90,10 @@ DEFAULT_TIMEOUT_S = 10.0
 #: Wall-clock budget for all math-verify checks of one call (one batch), seconds. A batch of
 #: hostile answers (power towers, huge factorials) otherwise costs ~timeout per item.
 DEFAULT_BATCH_TIMEOUT_S = 60.0
-#: Answers longer than this are not sent to math-verify (0.0): no real final answer is that long,
-#: and sympy on a 100k-character "expression" is how a check hangs.
+#: Final answers longer than this are not sent to math-verify (0.0): no real final answer is that
+#: long, and sympy on a 100k-character "expression" is how a check hangs. It bounds the extracted
+#: answer (the ``\boxed{}`` content when there is one), not the ``<answer>`` block around it, so a
+#: long worked solution that ends in a short boxed answer is still checked.
 DEFAULT_MAX_ANSWER_CHARS = 1000
 #: Pool restarts allowed within one call before the rest of the batch scores 0.0 (a batch of
 #: answers that all hang should cost seconds, not a restart per item).
@@ -113,12 +123,17 @@ def _check_answer_column(answer: object, n: int, reward: str) -> Sequence[object
 
 
 def _final_answer(completion: object, require_answer_tag: bool) -> str | None:
-    """The text to grade: the last ``<answer>`` content (``None`` if absent or empty)."""
+    """The answer to grade, ``None`` if there is none.
+
+    From the last ``<answer>`` block (or, with ``require_answer_tag=False`` and no block, the
+    text after ``</think>``): its last ``\\boxed{}`` content, else its ``#### n`` line
+    (GSM8K's marker), else the whole block (:func:`answer_in_block`).
+    """
     text = as_text(completion)
-    ans = extract_answer(text)
-    if ans is None and not require_answer_tag:
-        ans = strip_blank(text.rsplit("</think>", 1)[-1])
-    return ans or None
+    block = extract_answer(text)
+    if block is None and not require_answer_tag:
+        block = strip_blank(text.rsplit("</think>", 1)[-1])
+    return answer_in_block(block) if block else None
 
 
 def _gold_text(gold: object) -> str | None:
@@ -130,51 +145,112 @@ def _gold_text(gold: object) -> str | None:
 
 # --------------------------------------------------------------------------- exact match
 
-_LATEX_SPACING_RE = re.compile(r"\\[,!;: ]|\\(?:quad|qquad|left|right)\b")
-_DECORATION_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\?%")
+# A row break (two backslashes, in matrices) is matched first and kept, so the backslash-space
+# after it is not read as the spacing command: "1 <row break> 2" with and without spaces
+# normalise alike. "{}" is an empty group (MATH's "\\frac{9}{{}19}"), meaningless in math mode.
+_LATEX_SPACING_RE = re.compile(
+    r"(\\\\)|\\[,!;: ]|~|(?<!\\)\{\}"
+    r"|\\(?:quad|qquad|left|right|displaystyle|[bB]igg?[lr]?)(?![A-Za-z])"
+)
+_CURRENCY_RE = re.compile(r"\\\$")
+_DECORATION_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\degree(?![A-Za-z])|°|\\?%")
 _DELIMITERS_RE = re.compile(r"\$|\\[()\[\]]|\s+")
-_TEXT_WRAPPER_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
+_TEXT_WRAPPER_RE = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox)\{([^{}]*)\}")
+# A unit after the value: "5\text{ cm}", "864\mbox{ inches}^2" (MATH writes units this way).
+_TEXT_UNIT_RE = re.compile(r"\\(?:text|textrm|mathrm|mbox)\{[^{}]*\}(?:\^\{?[23]\}?)?$")
+# The same written bare after a plain number ("5 cm", "18 dollars"). A closed list: a bare
+# letter after a number is a product ("2 pi", "3i"), never dropped.
+_BARE_UNIT_RE = re.compile(
+    r"([+-]?[\d.,/]+)(?:square|sq|cubic)?(?:cm|mm|km|meters?|metres?|inch(?:es)?|in|feet|foot|ft"
+    r"|yards?|yd|miles?|mph|units?|degrees?|cents?|dollars?|hours?|hrs?|minutes?|mins?"
+    r"|seconds?|secs?|days?|weeks?|months?|years?|grams?|kg|pounds?|lbs?|liters?|litres?|ml"
+    r"|percent)(?:\^\{?[23]\}?|[²³])?"
+)
 _ASSIGNMENT_RE = re.compile(r"[A-Za-z]=(?!=)")
+_MEMBERSHIP_RE = re.compile(r"[A-Za-z]\\in(?=[\[(])")  # "x\in[-2,7]" -> "[-2,7]"
 _THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_FRAC_SHORTHAND_RE = re.compile(r"\\frac(\d|\{[^{}]*\})(\d|\{[^{}]*\})")  # \frac43, \frac{270}7
+_SQRT_SHORTHAND_RE = re.compile(r"\\sqrt(\d)")  # \sqrt2 -> \sqrt{2}
+_BASE_SUBSCRIPT_RE = re.compile(r"(\d+)_\{(\d+)\}")  # 4210_{5} -> 4210_5
+_CHOICE_RE = re.compile(r"\(([A-Z])\)")  # "(C)" -> "C"
 _DECIMAL_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,4})?")
 _SLASH_FRACTION_RE = re.compile(r"([+-]?\d+)/([+-]?\d+)")
 _TEX_FRACTION_RE = re.compile(r"([+-]?)\\frac\{([+-]?\d+)\}\{([+-]?\d+)\}")
+_MIXED_NUMBER_RE = re.compile(r"([+-]?)(\d+)\\frac\{(\d+)\}\{(\d+)\}")  # 1\frac{4}{5} = 9/5
 _MAX_NUMBER_CHARS = 100  # longer "numbers" are compared as strings (no giant Fractions)
 
 
-def normalize_answer(text: str) -> str:
-    """Canonical form used by :func:`exact_match_reward` (a subset of the MATH benchmark's
-    ``strip_string`` normalisation, Hendrycks et al. 2021).
+def _frac_braces(match: re.Match) -> str:
+    return "\\frac{%s}{%s}" % (match[1].strip("{}"), match[2].strip("{}"))
 
-    Takes the last ``\\boxed{}`` content if there is one, then removes whitespace, ``$``,
-    ``\\(``/``\\)``/``\\[``/``\\]``, LaTeX spacing and sizing (``\\,`` ``\\!`` ``\\quad``
-    ``\\left`` ``\\right``), degree and percent signs, a ``\\text{}``-style wrapper around the
-    whole answer, a leading one-letter assignment (``x=3`` -> ``3``), trailing periods and
-    thousands separators (``1,234`` -> ``1234``; ``1,2`` is left alone); ``\\dfrac``/``\\tfrac``
-    become ``\\frac``.
+
+def normalize_answer(text: str) -> str:
+    """Canonical form used by :func:`exact_match_reward` (the MATH benchmark's ``strip_string``
+    normalisation, Hendrycks et al. 2021, plus what real MATH-500 / GSM8K answers need).
+
+    Takes the last ``\\boxed{}`` content if there is one, then:
+
+    * removes whitespace, ``$``, ``\\(``/``\\)``/``\\[``/``\\]``, LaTeX spacing and sizing
+      (``\\,`` ``\\!`` ``\\;`` ``\\ `` ``~`` ``\\quad`` ``\\left`` ``\\right`` ``\\bigl``
+      ``\\displaystyle``), a trailing period; the Unicode minus becomes ``-``;
+    * drops decorations the question already fixes: currency (``\\$18.90`` -> ``18.90``),
+      degrees (``30^\\circ``, ``\\degree``, ``°``), the percent sign (``50\\%`` -> ``50``, so
+      ``50\\%`` equals ``50``, not ``0.5``), and a unit after the value, as ``\\text{}`` /
+      ``\\mbox{}`` (``5\\text{ cm}``, ``864\\mbox{ inches}^2``) or as a known unit word after a
+      plain number (``5 cm``, ``18 dollars``);
+    * unwraps a ``\\text{}``-style wrapper around the whole answer and a multiple-choice letter
+      in parentheses (``\\text{(C)}`` -> ``C``), a leading one-letter assignment or membership
+      (``x=3`` -> ``3``, ``x\\in[-2,7]`` -> ``[-2,7]``);
+    * thousands separators (``1,234`` and ``1{,}234`` -> ``1234``; ``1,2`` is left alone, a
+      pair); ``\\dfrac``/``\\tfrac`` -> ``\\frac``, brace-less ``\\frac43`` -> ``\\frac{4}{3}``,
+      ``\\sqrt2`` -> ``\\sqrt{2}``, ``52_{8}`` -> ``52_8``.
     """
     boxed = extract_boxed(text)
     if boxed is not None:
         text = boxed
-    text = _LATEX_SPACING_RE.sub("", text)
+    text = text.replace("\u2212", "-")
+    text = _LATEX_SPACING_RE.sub(r"\1", text)
+    text = _CURRENCY_RE.sub("", text)
     text = _DECORATION_RE.sub("", text)
     text = _DELIMITERS_RE.sub("", text).rstrip(".")
-    text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("{,}", ",")
     wrapped = _TEXT_WRAPPER_RE.fullmatch(text)
     if wrapped:
         text = wrapped.group(1)
+    else:
+        unit = _TEXT_UNIT_RE.search(text)
+        if unit and unit.start() > 0:
+            text = text[: unit.start()]
+        bare = _BARE_UNIT_RE.fullmatch(text)
+        if bare:
+            text = bare.group(1)
+    if _CHOICE_RE.fullmatch(text):
+        text = text[1]
     if _ASSIGNMENT_RE.match(text):
         text = text[2:]
+    else:
+        member = _MEMBERSHIP_RE.match(text)
+        if member:
+            text = text[member.end() :]
     if _THOUSANDS_RE.fullmatch(text):
         text = text.replace(",", "")
+    if "\\frac" in text:
+        text = _FRAC_SHORTHAND_RE.sub(_frac_braces, text)
+    if "\\sqrt" in text:
+        text = _SQRT_SHORTHAND_RE.sub(r"\\sqrt{\1}", text)
+    if "_{" in text:
+        text = _BASE_SUBSCRIPT_RE.sub(r"\1_\2", text)
     return text
 
 
 def parse_number(text: str) -> Fraction | None:
-    """Exact value of a plain number (integer, decimal, ``1e3``, ``a/b``, ``\\frac{a}{b}``) or None.
+    """Exact value of a plain number (integer, decimal, ``1e3``, ``a/b``, ``\\frac{a}{b}``, a mixed
+    number ``1\\frac{4}{5}``) or None.
 
     Runs on :func:`normalize_answer` output. Exact rationals, so ``0.5 == 1/2`` and
-    ``0.333 != 1/3``; exponents are limited to 4 digits so ``1e999999999`` cannot hang.
+    ``0.333 != 1/3``; exponents are limited to 4 digits so ``1e999999999`` cannot hang. An
+    integer written right before a proper fraction is a mixed number, as in MATH's answers
+    (``137\\frac{1}{2}`` = 137.5; math-verify reads it the same way).
     """
     if not text or len(text) > _MAX_NUMBER_CHARS:
         return None
@@ -187,6 +263,10 @@ def parse_number(text: str) -> Fraction | None:
         match = _TEX_FRACTION_RE.fullmatch(text)
         if match:
             value = Fraction(int(match[2]), int(match[3]))
+            return -value if match[1] == "-" else value
+        match = _MIXED_NUMBER_RE.fullmatch(text)
+        if match and int(match[3]) < int(match[4]):
+            value = int(match[2]) + Fraction(int(match[3]), int(match[4]))
             return -value if match[1] == "-" else value
     except (ValueError, ZeroDivisionError):
         return None
@@ -211,10 +291,11 @@ def exact_match_reward(
 ) -> list[float]:
     """1.0 when the final answer equals the gold answer after normalisation, else 0.0.
 
-    The final answer is the last ``<answer>`` content, then the ``\\boxed{}`` inside it if any
-    (R1 §2.2). Both sides go through :func:`normalize_answer`; when both parse as plain numbers
-    (:func:`parse_number`) they are compared as exact rationals (``85`` == ``85.0`` == ``170/2``),
-    otherwise as strings (case-sensitive).
+    The final answer is taken from the last ``<answer>`` block: its last ``\\boxed{}`` content,
+    else its ``#### n`` line (GSM8K), else the whole block (R1 §2.2). Both sides go through
+    :func:`normalize_answer`; when both parse as plain numbers (:func:`parse_number`) they are
+    compared as exact rationals (``85`` == ``85.0`` == ``170/2``), otherwise as strings
+    (case-sensitive).
 
     Args:
         completions: model outputs.
@@ -240,7 +321,20 @@ def exact_match_reward(
 
 # --------------------------------------------------------------------------- math-verify: worker
 
-_DELIMITED_RE = re.compile(r"\$|\\\(|\\\[|\\boxed|\\fbox")
+# A ``$`` that is not ``\$`` (an escaped dollar is currency, not a math delimiter).
+_DELIMITED_RE = re.compile(r"(?<!\\)\$|\\\(|\\\[|\\boxed|\\fbox")
+# Thin spaces inside a number ("1\,000", "32,\!348"): math-verify reads "1\,000" as nothing.
+_DIGIT_SPACING_RE = re.compile(r"(?<=[\d,])\\[,!]\s*(?=\d)|(?<=\d)\{,\}(?=\d)")
+
+
+def _mv_clean(text: str) -> str:
+    """What math-verify misreads in real MATH answers: ``\\$`` (currency: ``\\$18.90`` parses to
+    nothing) and spacing inside numbers. Both only ever change how a number is written."""
+    if "\\$" in text:
+        text = _CURRENCY_RE.sub("", text)
+    if "\\" in text or "{," in text:
+        text = _DIGIT_SPACING_RE.sub(lambda m: "," if m.group() == "{,}" else "", text)
+    return text
 
 
 def _parse_candidates(text: str) -> list[str]:
@@ -250,6 +344,7 @@ def _parse_candidates(text: str) -> list[str]:
     ``2\\sqrt{2}`` silently to ``2``. So a boxed answer is wrapped as ``$...$``, text with
     delimiters is passed as is, and bare text is tried wrapped first, then raw.
     """
+    text = _mv_clean(text)
     boxed = extract_boxed(text)
     if boxed is not None:
         return [f"${boxed}$"]
@@ -270,7 +365,8 @@ def _mv_parse(text: str, inner_timeout: int) -> list:
 
 @functools.lru_cache(maxsize=4096)
 def _mv_parse_gold(gold: str, inner_timeout: int) -> list:
-    # A group's G completions share one gold answer: parse it once per worker.
+    # A group's G completions share one gold answer: parse it once per worker. Vote grouping
+    # (voting.py) parses its answers through here too: a question's answers recur across calls.
     return _mv_parse(gold, inner_timeout)
 
 
@@ -619,33 +715,39 @@ def _check_options(
         )
 
 
-def _check_pairs(
-    pairs: Sequence[tuple[str, str]],
+def _run_checks(
+    fn: Callable[..., Any],
+    arg_tuples: Sequence[tuple],
     *,
     timeout_s: float,
     workers: int | None,
     mp_context: str,
+    default: Any,
     batch_timeout_s: float | None = DEFAULT_BATCH_TIMEOUT_S,
-) -> list[float]:
-    """math-verify every ``(gold, pred)``: in the pool, or in-process for ``workers=0``."""
+) -> list[Any]:
+    """``[fn(*args) for args in arg_tuples]`` for math-verify work: in the pool (see
+    :func:`_run_in_pool`), or in-process for ``workers=0`` on the main thread. ``fn`` must bound
+    its own math-verify calls with math-verify's alarms (``_inner_timeout``)."""
     global _warned_thread_fallback
-    if not pairs:
+    if not arg_tuples:
         return []
-    inner = _inner_timeout(timeout_s)
     if workers == 0:
         if threading.current_thread() is threading.main_thread():
             # In-process: math-verify's alarms bound each item; the budget is checked between
-            # items (items after it score 0.0 and count as timeouts).
+            # items (items after it get ``default`` and count as timeouts).
             ends = [budget.deadline()]
             if batch_timeout_s is not None:
                 ends.append(time.monotonic() + batch_timeout_s)
             end = min((e for e in ends if e is not None), default=math.inf)
-            out = [0.0] * len(pairs)
-            for k, (gold, pred) in enumerate(pairs):
+            out = [default] * len(arg_tuples)
+            for k, args in enumerate(arg_tuples):
                 if time.monotonic() >= end:
-                    budget.report_timeouts(len(pairs) - k)
+                    budget.report_timeouts(len(arg_tuples) - k)
                     break
-                out[k] = _mv_check(gold, pred, inner)
+                try:
+                    out[k] = fn(*args)
+                except Exception:  # the pool path gives `default` for a failed item too
+                    pass
             return out
         if not _warned_thread_fallback:
             log.warning(
@@ -655,15 +757,35 @@ def _check_pairs(
             )
             _warned_thread_fallback = True
         workers = None
-    n_workers = _default_workers() if workers is None else workers
+    return _run_in_pool(
+        fn,
+        arg_tuples,
+        timeout_s=timeout_s,
+        workers=_default_workers() if workers is None else workers,
+        mp_context=mp_context,
+        default=default,
+        batch_timeout_s=batch_timeout_s,
+    )
+
+
+def _check_pairs(
+    pairs: Sequence[tuple[str, str]],
+    *,
+    timeout_s: float,
+    workers: int | None,
+    mp_context: str,
+    batch_timeout_s: float | None = DEFAULT_BATCH_TIMEOUT_S,
+) -> list[float]:
+    """math-verify every ``(gold, pred)``: in the pool, or in-process for ``workers=0``."""
+    inner = _inner_timeout(timeout_s)
     args = [(gold, pred, inner) for gold, pred in pairs]
     return [
         float(r)
-        for r in _run_in_pool(
+        for r in _run_checks(
             _mv_check,
             args,
             timeout_s=timeout_s,
-            workers=n_workers,
+            workers=workers,
             mp_context=mp_context,
             default=0.0,
             batch_timeout_s=batch_timeout_s,
@@ -688,8 +810,8 @@ def math_verify_reward(
     """1.0 when math-verify finds the final answer equivalent to the gold answer, else 0.0.
 
     Gold answers may come with or without ``$...$`` / ``\\boxed{}``; bare LaTeX is wrapped in
-    ``$...$`` before parsing (math-verify ignores undelimited LaTeX). The prediction is the last
-    ``<answer>`` content (its ``\\boxed{}`` if any).
+    ``$...$`` before parsing (math-verify ignores undelimited LaTeX). The prediction is the final
+    answer of :func:`exact_match_reward`.
 
     Args:
         completions: model outputs.
@@ -704,7 +826,9 @@ def math_verify_reward(
         mp_context: multiprocessing start method for the pool ("spawn" or "forkserver"; "fork"
             is unsafe next to torch's threads).
         require_answer_tag: see :func:`exact_match_reward`.
-        max_answer_chars: longer final answers score 0.0 without being parsed.
+        max_answer_chars: longer final answers score 0.0 without being parsed. The limit is on
+            the extracted answer (the ``\\boxed{}`` content, or the ``#### n`` line, or else the
+            whole block), not on the ``<answer>`` block that holds it.
         **kwargs: other dataset columns, ignored.
     """
     _check_options(

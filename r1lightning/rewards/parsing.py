@@ -13,7 +13,16 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["extract_answer", "extract_boxed", "extract_think", "as_text", "strip_blank"]
+__all__ = [
+    "answer_in_block",
+    "as_text",
+    "extract_answer",
+    "extract_boxed",
+    "extract_final_answer",
+    "extract_hash_answer",
+    "extract_think",
+    "strip_blank",
+]
 
 # The tempered token ``(?:(?!<answer>).)`` stops a match from swallowing a later ``<answer>``,
 # so "<answer>1<answer>2</answer>" yields "2" (the innermost well-formed block) and a run of
@@ -124,3 +133,51 @@ def extract_boxed(text: str) -> str | None:
     if best is None:
         return None
     return text[best[0] : best[1]].strip()
+
+
+def extract_hash_answer(text: str) -> str | None:
+    """The rest of the line after the LAST ``####`` (GSM8K's final-answer marker), stripped.
+
+    ``"... she has 9 left.\\n#### 1,234"`` -> ``"1,234"``. ``None`` without a marker or when
+    nothing follows it on its line.
+    """
+    if not isinstance(text, str):
+        return None
+    start = text.rfind("####")
+    if start < 0:
+        return None
+    end = text.find("\n", start)
+    return strip_blank(text[start + 4 : end if end >= 0 else len(text)]) or None
+
+
+def answer_in_block(block: str) -> str | None:
+    """The final answer inside an answer block: the last ``\\boxed{}`` content if the block has
+    a box, else the ``#### n`` line, else the whole block (stripped); ``None`` if that is empty.
+
+    An empty box (``\\boxed{}``) is an empty answer, ``None``: the model boxed nothing.
+    """
+    if not isinstance(block, str):
+        return None
+    boxed = extract_boxed(block)
+    if boxed is not None:
+        return boxed or None
+    return extract_hash_answer(block) or strip_blank(block) or None
+
+
+def extract_final_answer(completion: object) -> str | None:
+    """The answer one sampled completion votes for (cons@k), ``None`` when it gives none.
+
+    In order: the last ``\\boxed{}`` inside the last ``<answer>`` block, else the ``#### n``
+    line of that block, else the whole block (:func:`answer_in_block`); without a non-empty
+    answer block, the last ``\\boxed{}`` of the whole text, else its last ``#### n`` line.
+    Plain prose without any of these is ``None`` (no "last number in the text" guess). Takes
+    anything (``None``, chat-message lists, numbers) and never raises; linear time.
+    """
+    text = as_text(completion)
+    block = extract_answer(text)
+    if block:  # an empty block says nothing: look at the rest of the text
+        return answer_in_block(block)
+    boxed = extract_boxed(text)
+    if boxed:
+        return boxed
+    return extract_hash_answer(text)

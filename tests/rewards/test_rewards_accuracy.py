@@ -42,7 +42,7 @@ def r1(answer: str, think: str = "work") -> str:
         (r"x = 3", "3"),  # one-letter assignment
         (r"90^\circ", "90"),  # degrees
         (r"10\%", "10"),  # percent
-        (r"\text{(B)}", "(B)"),  # a \text wrapper around the whole answer
+        (r"\text{(B)}", "B"),  # a \text wrapper around the whole answer; a choice letter unwrapped
         (r"\dfrac{1}{2}", r"\frac{1}{2}"),  # \dfrac is \frac
         (r"\left( 1, 2 \right)", "(1,2)"),  # sizing commands and spaces
     ],

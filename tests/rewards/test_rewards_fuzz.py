@@ -93,3 +93,20 @@ def test_invisible_answers_are_empty(answer):
     assert format_reward([completion]) == [0.0]  # today: 1.0 (NUL is not whitespace)
     assert exact_match_reward([completion], answer=[answer]) == [0.0]  # nothing to grade
     assert accuracy_reward([completion], answer=[answer], workers=0) == [0.0]
+
+
+@FAST
+@given(texts=st.lists(TEXT, min_size=1, max_size=6))
+def test_vote_extraction_and_grouping_never_raise(texts):
+    # cons@k reads every sampled completion: garbage gives None or a string, and grouping the
+    # extracted answers (in-process math-verify, bounded) gives one id or None per answer.
+    from r1lightning.rewards.parsing import extract_final_answer
+    from r1lightning.rewards.voting import group_equivalent
+
+    answers = [extract_final_answer(t) for t in texts + HUGE]
+    assert all(a is None or isinstance(a, str) for a in answers)
+    start = time.monotonic()
+    ids = group_equivalent(answers, workers=0, timeout_s=4)
+    assert len(ids) == len(answers)
+    assert all(i is None or isinstance(i, int) for i in ids)
+    assert time.monotonic() - start < 30

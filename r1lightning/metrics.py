@@ -13,7 +13,6 @@ users compare checkpoints with it.
 
 from __future__ import annotations
 
-from collections import Counter
 from math import comb
 from typing import Optional, Sequence
 
@@ -29,33 +28,6 @@ def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
     if num_samples - num_correct < k:
         return 1.0
     return 1.0 - comb(num_samples - num_correct, k) / comb(num_samples, k)
-
-
-def majority_vote(answers: Sequence[Optional[str]], correct: Sequence[bool]) -> bool:
-    """Correctness of the most frequent extracted answer (ties: first seen); no answer at all -> False."""
-    votes = Counter(a for a in answers if a is not None and a != "")
-    if not votes:
-        return False
-    top = max(votes.values())
-    winner = next(a for a in answers if a is not None and a != "" and votes[a] == top)
-    return bool(next(c for a, c in zip(answers, correct) if a == winner))
-
-
-def majority_vote_groups(groups: Sequence[Optional[int]], correct: Sequence[bool]) -> bool:
-    """cons@k for one question whose k answers were clustered into equivalence groups.
-
-    ``groups[i]`` is the group id of sample i's extracted answer (None: no answer, casts no vote). The
-    group with most votes wins, ties go to the group seen first (R1 does not say; first-seen keeps it
-    deterministic); the vote is correct when the winning group's first sample is. No vote at all -> False.
-    """
-    if len(groups) != len(correct):
-        raise ValueError(f"{len(groups)} group ids for {len(correct)} correctness values")
-    votes = Counter(g for g in groups if g is not None)
-    if not votes:
-        return False
-    top = max(votes.values())
-    first = next(i for i, g in enumerate(groups) if g is not None and votes[g] == top)
-    return bool(correct[first])
 
 
 def bootstrap_ci(values: Tensor, num_resamples: int = 1000, confidence: float = 0.95,
@@ -104,7 +76,8 @@ class PassAtK(Metric):
 
 class ConsAtK(Metric):
     """Majority-vote accuracy (cons@k). ``update(answers, correct)``: per question, k extracted answers
-    (None when a sample has no answer) and their correctness."""
+    (None when a sample has no answer) and their correctness. Equivalent answers (``1/2``, ``0.5``,
+    ``\\frac{1}{2}``) vote together (:func:`r1lightning.rewards.voting.majority_answers`)."""
 
     full_state_update = False
 
@@ -114,9 +87,11 @@ class ConsAtK(Metric):
         self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, answers: Sequence[Sequence[Optional[str]]], correct: Tensor) -> None:
+        from r1lightning.rewards.voting import majority_answers
+
         correct = correct.bool().reshape(len(answers), -1)
-        for ans, cor in zip(answers, correct.tolist()):
-            self.hits += float(majority_vote(list(ans), cor))
+        for _, ok in majority_answers([list(a) for a in answers], correct.tolist()):
+            self.hits += float(ok)
         self.count += len(answers)
 
     def compute(self) -> Tensor:

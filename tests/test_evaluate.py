@@ -127,19 +127,19 @@ def test_every_benchmark_through_the_cli(tmp_path):
 def make_checkpoint(path: Path, perturb: bool) -> None:
     """A GRPO-like training checkpoint: the policy (the tiny base, or the base with its weights scrambled),
     a reference model beside it, and hyperparameters of another module, policy settings included."""
-    from safetensors.torch import load_file
+    from r1lightning.policy import Policy, PolicyConfig
 
-    from r1lightning.policy import PolicyConfig
-
-    weights = load_file(str(ROOT / "r1lightning/assets/tiny_base/model.safetensors"))
+    cfg = PolicyConfig(model_name_or_path="r1lightning/assets/tiny_base")
+    policy = Policy(cfg)
+    policy.build()
     gen = torch.Generator().manual_seed(0)
     state = {}
-    for k, v in weights.items():
+    for k, v in policy.state_dict().items():  # the keys a LightningModule's `self.policy` writes
         if perturb and v.ndim == 2:
             v = v[torch.randperm(v.shape[0], generator=gen)]  # same shapes, a different model
-        state[f"policy.model.{k}"] = v
-        state[f"ref_model.{k}"] = v.clone()
-    hparams = {"policy": PolicyConfig(model_name_or_path="r1lightning/assets/tiny_base"), "beta": 0.001,
+        state[f"policy.{k}"] = v.clone()
+        state[f"ref_model.{k.split('.', 1)[1]}"] = v.clone()
+    hparams = {"policy": cfg, "beta": 0.001,
                "_class_path": "r1lightning.modules.GRPOModule"}
     torch.save({"state_dict": state, "hyper_parameters": hparams, "epoch": 0, "global_step": 7,
                 "pytorch-lightning_version": "2.6.0"}, path)

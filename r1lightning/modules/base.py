@@ -129,7 +129,7 @@ class PolicyModule(pl.LightningModule):
         """Sample ``eval_sampling.n`` completions per prompt, score them, update pass@1 / cons@k."""
         from r1lightning.rewards import get_reward_fn
         from r1lightning.rewards.format import format_reward
-        from r1lightning.rewards.parsing import extract_answer, extract_boxed
+        from r1lightning.rewards.parsing import extract_final_answer
 
         s = self.eval_sampling
         t0 = time.perf_counter()
@@ -137,10 +137,7 @@ class PolicyModule(pl.LightningModule):
         cols = expand_columns(columns, s.n)
         correct = torch.tensor(get_reward_fn(self.eval_reward)(out.texts, **cols)) > 0.5
         correct = correct.view(len(prompt_ids), s.n)
-        answers = []
-        for text in out.texts:
-            a = extract_answer(text)
-            answers.append(extract_boxed(a) or a if a is not None else None)
+        answers = [extract_final_answer(text) for text in out.texts]
         self.val_pass1.update(correct)
         self.val_cons.update([answers[i * s.n : (i + 1) * s.n] for i in range(len(prompt_ids))], correct)
         # sums, so that shards of different sizes on different ranks reduce to the exact global means

@@ -33,7 +33,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from r1lightning.metrics import BenchmarkMetrics, majority_vote_groups
+from r1lightning.metrics import BenchmarkMetrics
 from r1lightning.policy import Policy, PolicyConfig
 from r1lightning.rollout.base import EngineSettings, RolloutEngine, SamplingSettings
 
@@ -200,10 +200,10 @@ class EvalModule(pl.LightningModule):
     @torch.no_grad()
     def evaluate_batch(self, batch: dict, dataloader_idx: int = 0) -> None:
         from r1lightning.modules.base import expand_columns
-        from r1lightning.rewards.accuracy import extract_final_answer, group_equivalent
         from r1lightning.rewards.format import format_reward
         from r1lightning.rewards.language import target_language_fraction
-        from r1lightning.rewards.parsing import extract_think
+        from r1lightning.rewards.parsing import extract_final_answer, extract_think
+        from r1lightning.rewards.voting import majority_answers
 
         spec = self._datamodule().sets[dataloader_idx]
         s = self._sampling_for(spec)
@@ -219,13 +219,13 @@ class EvalModule(pl.LightningModule):
                      expand_columns({"l": batch["columns"].get("language") or [None] * prompts}, n)["l"]]
         answers = [extract_final_answer(t) if spec.votes else None for t in out.texts]
         lang_scores = [target_language_fraction(extract_think(t) or t, lang) for t, lang in zip(out.texts, languages)]
-        num_correct, votes = [], []
-        for q in range(prompts):
-            rows = slice(q * n, (q + 1) * n)
-            num_correct.append(sum(correct[rows]))
-            if spec.votes:
-                groups = group_equivalent(answers[rows], timeout_s=self.hparams.answer_group_timeout_s)
-                votes.append(float(majority_vote_groups(groups, correct[rows])))
+        per_q = [slice(q * n, (q + 1) * n) for q in range(prompts)]
+        num_correct = [sum(correct[rows]) for rows in per_q]
+        votes = []
+        if spec.votes:  # equivalent answers vote together; a group is right when a member was scored right
+            won = majority_answers([answers[rows] for rows in per_q], [correct[rows] for rows in per_q],
+                                   timeout_s=self.hparams.answer_group_timeout_s)
+            votes = [float(ok) for _, ok in won]
         self._metrics[spec.name].update(
             torch.tensor(num_correct), torch.full((prompts,), n), torch.tensor(votes) if votes else None,
             tokens=float(sum(lengths)), truncated=float(sum(out.truncated)),

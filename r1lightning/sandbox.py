@@ -84,7 +84,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 __all__ = [
     "SandboxLimits",
@@ -113,6 +113,10 @@ SANDBOX_ENV = {
     "PYTHONDONTWRITEBYTECODE": "1",
     "PYTHONHASHSEED": "0",
 }
+
+
+#: ``detail`` prefix of a timeout caused by :func:`run_many`'s deadline, not the program.
+DEADLINE_DETAIL = "stopped at the caller's deadline"
 
 
 class SandboxUnavailable(RuntimeError):
@@ -667,7 +671,8 @@ def run_many(
 
     ``tests[i]`` are the tests of ``sources[i]``. ``deadline`` (a ``time.monotonic()``
     instant) bounds the whole call: a program not started by then is not run (its result is
-    ``None``) and one started gets at most the time left as its wall limit.
+    ``None``) and one started gets at most the time left as its wall limit (if that cuts it
+    short, its ``detail`` starts with :data:`DEADLINE_DETAIL`).
     """
     if max_workers is None:
         max_workers = default_workers()
@@ -685,17 +690,14 @@ def run_many(
             if left < 0.5:  # not even enough to start Python
                 return None
             if left < limits.wall_s:
-                run_limits = _replace(limits, wall_s=left)
-        return run_python(sources[i], run_limits, tests=tests[i] if tests else (), mode=mode)
+                run_limits = replace(limits, wall_s=left)
+        result = run_python(sources[i], run_limits, tests=tests[i] if tests else (), mode=mode)
+        if run_limits is not limits and result.status == "timeout":
+            result.detail = f"{DEADLINE_DETAIL} ({result.detail})"
+        return result
 
     if not sources:
         return []
     with ThreadPoolExecutor(max_workers=min(max_workers, len(sources)),
                             thread_name_prefix="sandbox") as pool:
         return list(pool.map(one, range(len(sources))))
-
-
-def _replace(limits: SandboxLimits, **changes: object) -> SandboxLimits:
-    from dataclasses import replace
-
-    return replace(limits, **changes)

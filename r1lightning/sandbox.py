@@ -112,6 +112,11 @@ SANDBOX_ENV = {
     "LANG": "C.UTF-8",
     "PYTHONDONTWRITEBYTECODE": "1",
     "PYTHONHASHSEED": "0",
+    # BLAS/OpenMP start a thread per core at import; threads count against RLIMIT_NPROC and
+    # each reserves address space, so on a 128-core node `import numpy` would fail.
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
 }
 
 
@@ -386,14 +391,18 @@ def _expose_paths() -> list[str]:
     """Directories the interpreter needs, bound back in read-only when they are hidden."""
     exe = os.path.realpath(sys.executable)
     paths = {os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix),
-             os.path.dirname(os.path.dirname(exe))}
+             os.path.dirname(os.path.dirname(exe)),
+             os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))}
     return sorted(p for p in paths if os.path.isdir(p))
 
 
 def _command(limits: SandboxLimits, mode: str, uid: int | None, report_fd: int,
              status_fd: int) -> list[str]:
     unshare, setpriv = _tool("unshare"), _tool("setpriv")
-    python = os.path.realpath(sys.executable)
+    if not sys.executable:
+        raise SandboxUnavailable("sys.executable is empty: no interpreter to run programs with")
+    # Not the real path: a virtual environment's packages need its own bin/python.
+    python = os.path.abspath(sys.executable)
     drop = [setpriv, "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all"]
     if mode == "root":
         drop += [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]

@@ -410,3 +410,17 @@ def test_caller_death_does_not_leave_the_program_running():
         caller.wait()
     # unshare survives its caller, but PID 1's alarm (wall_s + 1) ends the namespace.
     assert not _gone_soon(lambda _, cmd: cmd.strip() == f"sleep {marker}", timeout=6.0)
+
+
+def test_namespace_failure_is_a_clear_error_not_an_unsandboxed_run(monkeypatch):
+    """When unshare cannot create the namespaces (here: an option it refuses, as it refuses
+    --user where user namespaces are disabled) the caller gets SandboxUnavailable."""
+    real = sandbox._command
+
+    def refused(*args, **kwargs):
+        cmd = real(*args, **kwargs)
+        return [cmd[0], "--user-namespaces-disabled-here"] + cmd[1:]
+
+    monkeypatch.setattr(sandbox, "_command", refused)
+    with pytest.raises(SandboxUnavailable, match="could not set up the sandbox"):
+        run_python("print('ran')", FAST)

@@ -450,7 +450,9 @@ def run_python(
     demo block of a candidate does not run, as in HumanEval's harness).
 
     Raises :class:`SandboxUnavailable` when isolation cannot be set up on this host (missing
-    tools, user namespaces disabled); the program is never run unsandboxed.
+    tools, user namespaces disabled); the program is never run unsandboxed. Once
+    :func:`check_sandbox` has succeeded in this process, a later one-off setup failure is
+    that run's status ``"error"`` instead.
     """
     limits = SandboxLimits() if limits is None else limits
     if not isinstance(limits, SandboxLimits):
@@ -557,7 +559,7 @@ def _run(payload: bytes, token: str, limits: SandboxLimits, mode: str, uid: int 
         os.close(status_r)
         os.close(report_r)
     wall = time.monotonic() - start
-    return _interpret(bufs, token, killed_for, limits, wall, n_tests, proc.returncode)
+    return _interpret(bufs, token, killed_for, limits, wall, n_tests, proc.returncode, mode)
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -573,24 +575,32 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def _interpret(bufs: dict, token: str, killed_for: str | None, limits: SandboxLimits,
-               wall: float, n_tests: int, unshare_rc: int | None) -> SandboxResult:
+               wall: float, n_tests: int, unshare_rc: int | None, mode: str) -> SandboxResult:
     report = _decode(bytes(bufs["report"])).splitlines()
     stdout, stderr = _decode(bytes(bufs["stdout"])), _decode(bytes(bufs["stderr"]))
     result = SandboxResult(status="failed", stdout=stdout, stderr=stderr, wall_s=wall,
                            test_results=[None] * n_tests)
     boot_error = next((line[len("boot-error "):] for line in report
                        if line.startswith("boot-error ")), None)
-    if boot_error is not None:
-        raise SandboxUnavailable(f"sandbox setup failed inside the namespaces: {boot_error}")
     exit_line = next((line for line in report if line.startswith("exit ")), None)
-    if exit_line is None and killed_for is None and "wall" not in report:
+    problem = None
+    if boot_error is not None:
+        problem = f"sandbox setup failed inside the namespaces: {boot_error}"
+    elif exit_line is None and killed_for is None and "wall" not in report:
         # unshare itself could not create the namespaces (EPERM, userns disabled, ...).
-        raise SandboxUnavailable(
+        problem = (
             f"`unshare` could not set up the sandbox (exit {unshare_rc}): "
             f"{stderr.strip()[-500:] or 'no message'}; unprivileged users need user namespaces "
             "enabled (sysctl kernel.unprivileged_userns_clone=1, and on Ubuntu 24.04 "
             "kernel.apparmor_restrict_unprivileged_userns=0)"
         )
+    if problem is not None:
+        if not _checked.get(mode):
+            raise SandboxUnavailable(problem)
+        # The sandbox worked before on this host: a one-off (the host's OOM killer took PID 1,
+        # say) is this run's error, not a reason to stop a training run.
+        result.status, result.detail = "error", problem
+        return result
     if exit_line is not None:
         _, raw_status, cpu = exit_line.split()
         result.returncode = os.waitstatus_to_exitcode(int(raw_status))

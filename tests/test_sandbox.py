@@ -422,5 +422,13 @@ def test_namespace_failure_is_a_clear_error_not_an_unsandboxed_run(monkeypatch):
         return [cmd[0], "--user-namespaces-disabled-here"] + cmd[1:]
 
     monkeypatch.setattr(sandbox, "_command", refused)
+    # Once the sandbox has worked in this process, a failure is that run's "error" ...
+    res = run_python("print('ran')", FAST)
+    assert res.status == "error" and "could not set up the sandbox" in res.detail
+    assert "ran" not in res.stdout
+    # ... before that (a fresh process on a host without user namespaces), it raises.
+    monkeypatch.setattr(sandbox, "_checked", {})
     with pytest.raises(SandboxUnavailable, match="could not set up the sandbox"):
         run_python("print('ran')", FAST)
+    with pytest.raises(SandboxUnavailable):
+        check_sandbox()

@@ -343,4 +343,8 @@ def code_reward(
                 ok = sum(1 for k in scored if result.test_results[k] is True)
                 scores[i] = ok / len(scored)
     budget.report_timeouts(out_of_time)
+    broken = [r.detail for r in results if r is not None and r.status == "error"]
+    if broken:
+        log.warning("code reward: the sandbox failed on %d program(s), scored 0.0 (first: %s)",
+                    len(broken), broken[0])
     return scores

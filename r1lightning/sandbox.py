@@ -3,7 +3,7 @@
 Isolation is built from util-linux's ``unshare`` and ``setpriv`` (present on any Linux with
 util-linux; no extra package) plus kernel resource limits. Each program runs as::
 
-    unshare --pid --fork --kill-child --mount --mount-proc --net --ipc --uts [--user --map-root-user]
+    unshare --pid --fork --kill-child --mount --mount-proc --net --ipc --uts [--user -r]
       python -I -S -c <BOOT>        # PID 1 of the new namespaces: mounts, limits, watchdog
         setpriv <drop all privileges> -- python -I -c <HARNESS>   # runs the program
 

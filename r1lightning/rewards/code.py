@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import ast
 import logging
-import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -282,7 +281,8 @@ def code_reward(
     """
     if mode not in MODES:
         raise RewardConfigError(f"reward 'code': mode must be one of {list(MODES)}, got {mode!r}")
-    if isinstance(max_code_chars, bool) or not isinstance(max_code_chars, int) or max_code_chars < 1:
+    if (isinstance(max_code_chars, bool) or not isinstance(max_code_chars, int)
+            or max_code_chars < 1):
         raise RewardConfigError(f"max_code_chars must be a positive int, got {max_code_chars!r}")
     try:
         limits = sandbox.SandboxLimits(cpu_s=cpu_s, wall_s=wall_s, memory_mb=memory_mb,

@@ -80,7 +80,10 @@ def test_extract_code_is_linear_on_many_fences():
     assert time.monotonic() - start < 2.0
 
 
-HE_PROMPT = 'from typing import List\n\n\ndef helper(x):\n    return x\n\n\ndef f(xs: List[int]) -> int:\n    """Sum."""\n'
+HE_PROMPT = (
+    "from typing import List\n\n\ndef helper(x):\n    return x\n\n\n"
+    'def f(xs: List[int]) -> int:\n    """Sum."""\n'
+)
 
 
 @pytest.mark.parametrize(
@@ -115,13 +118,16 @@ def test_split_tests_mbpp_and_humaneval():
                          "for x in range(3):\n    assert candidate(x) == x * x"]
     assert scored == [2, 3]  # the loop is one unit
     # unsplittable: a check that returns, a test without asserts, unparsable text
-    ret = "def check(candidate):\n    if candidate(0):\n        return\n    assert False\n\ncheck(f)"
+    ret = ("def check(candidate):\n    if candidate(0):\n        return\n"
+           "    assert False\n\ncheck(f)")
     for text in (ret, "f(1)\n", "assert (\n"):
         assert split_tests(text) == ([text], [0])
 
 
-SQUARE_CHECK = ("def check(candidate):\n    assert candidate(1) == 1\n    assert candidate(2) == 4\n"
-                "    assert candidate(3) == 9\n\ncheck(f)\n")
+SQUARE_CHECK = (
+    "def check(candidate):\n    assert candidate(1) == 1\n"
+    "    assert candidate(2) == 4\n    assert candidate(3) == 9\n\ncheck(f)\n"
+)
 
 # (completion, tests, entry_point, prompt, score in mode "all", score in mode "fraction")
 REWARD_ROWS = [

@@ -411,7 +411,9 @@ def _command(limits: SandboxLimits, mode: str, uid: int | None, report_fd: int,
         # uid 0 of the namespace must not regain capabilities on exec.
         drop += ["--securebits=+noroot,+noroot_locked,+no_setuid_fixup,"
                  "+no_setuid_fixup_locked,+keep_caps_locked"]
-        nproc = limits.max_processes + 1  # PID 1 (BOOT) counts too
+        # The namespace's uid also owns PID 1 (BOOT) and unshare itself, which moved into the
+        # user namespace it created: both count against the limit.
+        nproc = limits.max_processes + 2
     cfg = {
         "report_fd": report_fd,
         "expose": _expose_paths(),

@@ -432,3 +432,67 @@ def test_namespace_failure_is_a_clear_error_not_an_unsandboxed_run(monkeypatch):
         run_python("print('ran')", FAST)
     with pytest.raises(SandboxUnavailable):
         check_sandbox()
+
+
+UNPRIVILEGED_CALLER = r"""
+import json, os, sys
+import sandbox
+victim, sentinel = sys.argv[1], int(sys.argv[2])
+limits = sandbox.SandboxLimits(wall_s=5, max_processes=8)
+fork = ("import os, time\nn = 0\nwhile n < 100:\n    try:\n        pid = os.fork()\n"
+        "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(30)\n"
+        "        os._exit(0)\n    n += 1\nprint(n)")
+out = {"mode": sandbox._resolve_mode("auto"), "uid": os.getuid()}
+for name, src in [
+    ("fork", fork),
+    ("write", f"open({victim!r}, 'w').write('overwritten')"),
+    ("net", "import socket\nsocket.create_connection(('127.0.0.1', 22), timeout=1)"),
+    ("kill", f"import os\nfor pid in ({sentinel}, -1):\n    try:\n        os.kill(pid, 9)\n"
+             "    except OSError:\n        pass"),
+    ("loop", "while True:\n    pass"),
+]:
+    res = sandbox.run_python(src, limits)
+    out[name] = [res.status, res.stdout.strip(), res.errors]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK),
+                    reason="needs root to become an unprivileged user, and a system python")
+def test_unprivileged_caller_gets_userns_mode(tmp_path, outside_dir):
+    """What a cluster user gets: the caller is uid 65534 with no capabilities, so the sandbox
+    uses an unprivileged user namespace and the program has the caller's uid on the host. A
+    sentinel process of that same uid survives kill -1: only the PID namespace protects it."""
+    import json
+
+    work = Path(tempfile.mkdtemp(prefix="sandbox-unpriv-"))
+    try:
+        shutil.copy(sandbox.__file__, work / "sandbox.py")  # stdlib only: importable alone
+        os.chmod(work, 0o755)
+        os.chmod(work / "sandbox.py", 0o644)
+        drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                "--inh-caps=-all", "--bounding-set=-all"]
+        sentinel = subprocess.Popen(drop + ["sleep", "60"])
+        try:
+            victim = outside_dir / "victim.txt"
+            proc = subprocess.run(
+                drop + ["/usr/bin/python3", "-c", UNPRIVILEGED_CALLER, str(victim),
+                        str(sentinel.pid)],
+                cwd=work, capture_output=True, text=True, timeout=120,
+                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(work)},
+            )
+            if "SandboxUnavailable" in proc.stderr:
+                pytest.skip(f"no unprivileged user namespaces here: {proc.stderr[-300:]}")
+            assert proc.returncode == 0, proc.stderr
+            out = json.loads(proc.stdout.strip().splitlines()[-1])
+            assert out["mode"] == "userns" and out["uid"] == 65534
+            assert out["fork"][0] == "passed" and int(out["fork"][1]) < 8  # RLIMIT_NPROC binds
+            assert out["write"][0] == "failed" and victim.read_text() == "precious"
+            assert out["net"][0] == "failed"
+            assert sentinel.poll() is None  # same host uid as the program, still alive
+            assert out["loop"][0] == "timeout"
+        finally:
+            sentinel.kill()
+            sentinel.wait()
+    finally:
+        shutil.rmtree(work)

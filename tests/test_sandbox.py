@@ -95,6 +95,7 @@ def test_infinite_loop_is_killed_within_the_wall_limit():
     assert not _gone_soon(lambda uid, _: UID_BASE <= uid < UID_BASE + UID_SLOTS)
 
 
+@pytest.mark.slow
 def test_cpu_limit_kills_even_when_sigxcpu_is_ignored():
     src = "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass"
     res = run_python(src, SandboxLimits(cpu_s=1, wall_s=20))
@@ -102,6 +103,7 @@ def test_cpu_limit_kills_even_when_sigxcpu_is_ignored():
     assert res.wall_s < 10  # the hard limit (cpu_s + 1) fired, not the wall clock
 
 
+@pytest.mark.slow
 def test_fork_bomb_is_bounded_and_leaves_nothing():
     # Count how many processes the program can hold at once: bounded by max_processes.
     count = (
@@ -305,6 +307,7 @@ def test_output_flood_is_bounded_and_does_not_hang():
         assert time.monotonic() - start < 5  # killed at the limit, not at the wall clock
 
 
+@pytest.mark.slow
 def test_children_are_killed_on_timeout_and_on_exit():
     for tail in ("while True:\n    pass", "print('bye')"):
         marker = str(900_000 + int(uuid.uuid4().int % 90_000))  # unique sleep length
@@ -388,6 +391,7 @@ def test_userns_mode_contains_the_basics(outside_dir):
         == "timeout"
 
 
+@pytest.mark.slow
 def test_caller_death_does_not_leave_the_program_running():
     """The namespace's PID 1 enforces the wall clock itself: kill the caller mid-run."""
     marker = str(800_000 + int(uuid.uuid4().int % 90_000))
@@ -457,6 +461,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK),
                     reason="needs root to become an unprivileged user, and a system python")
 def test_unprivileged_caller_gets_userns_mode(tmp_path, outside_dir):

@@ -54,8 +54,10 @@ What it does not guarantee:
   share a process); it is built against accidents and reward hacking by ordinary code, not an
   attacker with a kernel 0-day. Use a VM (gVisor, Firecracker) for that.
 * Memory is limited per process (address space), not for the whole tree: ``max_processes``
-  processes can each use ``memory_mb``, plus ``2 * disk_mb`` of tmpfs. No cgroup is used
-  (none is writable for ordinary users on clusters).
+  processes can each use ``memory_mb``, plus ``2 * disk_mb`` of tmpfs, so a pool of ``w``
+  sandboxes can take ``w * (max_processes * memory_mb + 2 * disk_mb)`` MiB at worst (4.1 GiB
+  per sandbox with the defaults). No cgroup is used (none is writable for ordinary users on
+  clusters).
 * CPU time is per process too; a program that forks workers gets ``cpu_s`` for each, but all
   stop at ``wall_s``.
 * ``userns`` mode: the program has the caller's uid on the host, so the read-only mounts (not
@@ -137,11 +139,13 @@ class SandboxLimits:
     """CPU seconds per process (RLIMIT_CPU; SIGXCPU, then SIGKILL one second later)."""
     wall_s: float = 15.0
     """Wall-clock seconds for the whole run, interpreter start-up included."""
-    memory_mb: int = 1024
-    """Address space per process, MiB (RLIMIT_AS). Python itself needs about 30 MiB."""
+    memory_mb: int = 512
+    """Address space per process, MiB (RLIMIT_AS). Python itself needs about 30 MiB, with
+    numpy about 300. The whole program can use up to ``max_processes * memory_mb``: keep that
+    product under the host's memory divided by the pool size."""
     max_output_bytes: int = 1 << 20
     """stdout and stderr are each kept up to this many bytes; more kills the run."""
-    max_processes: int = 32
+    max_processes: int = 8
     """Processes and threads the program may have at once (RLIMIT_NPROC)."""
     max_open_files: int = 256
     """File descriptors per process (RLIMIT_NOFILE)."""

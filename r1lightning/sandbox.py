@@ -14,7 +14,7 @@ Two modes, chosen automatically (``mode="auto"``):
   (``UID_BASE + slot``, slots locked with ``flock`` so concurrent runs, even from other
   processes, never share one), no supplementary groups, no capabilities, ``no_new_privs``.
 * ``userns`` (an ordinary user, e.g. on a GPU cluster): an unprivileged user namespace
-  (``--user --map-root-user``); the program keeps the caller's uid on the host but has no
+  (``--user -r``, i.e. ``--map-root-user``); the program keeps the caller's uid on the host but has no
   capabilities (empty bounding set, ``noroot`` securebits, ``no_new_privs``). Needs
   unprivileged user namespaces enabled (``kernel.unprivileged_userns_clone=1``, no AppArmor
   ``restrict_unprivileged_userns``); otherwise :class:`SandboxUnavailable` says so. Nothing
@@ -63,7 +63,11 @@ What it does not guarantee:
 * ``userns`` mode: the program has the caller's uid on the host, so the read-only mounts (not
   file permissions) keep it from writing the caller's files; supplementary groups cannot be
   dropped in an unprivileged user namespace (they can only matter for reading files here).
-  RLIMIT_NPROC counts processes of the namespace only.
+  RLIMIT_NPROC counts the namespace's processes (tested with a real unprivileged caller); it
+  does not bind when a root caller forces ``mode="userns"`` (the namespace's uid 0 is then
+  the host's root, which the kernel exempts). Inside a Docker container (default seccomp
+  profile) or where ``/proc`` has masked sub-mounts, an unprivileged caller cannot create the
+  namespaces or mount ``/proc``: :class:`SandboxUnavailable`.
 * The harness compiles with asserts on; a program that returns objects whose ``__eq__`` is
   always true passes ``assert f(x) == y`` tests: that is a weakness of the tests, not of the
   sandbox.

@@ -1,4 +1,5 @@
-"""Rule-based rewards (DeepSeek-R1 §2.2 accuracy + format for R1-Zero; §2.3 language consistency).
+"""Rule-based rewards (DeepSeek-R1 §2.2 accuracy + format for R1-Zero; §2.3 language consistency;
+§2.2's test-case reward for code, run in :mod:`r1lightning.sandbox`).
 
 Every reward is a plain function ``fn(completions: list[str], **columns) -> list[float]``:
 dataset columns (``answer=[...]``, ``language=[...]``) arrive as per-sample lists, unknown
@@ -18,6 +19,7 @@ from r1lightning.rewards.accuracy import (
     shutdown_pool,
     warmup_pool,
 )
+from r1lightning.rewards.code import build_program, code_reward, extract_code, split_tests
 from r1lightning.rewards.combine import (
     REWARD_FUNCS,
     RewardFn,
@@ -61,9 +63,12 @@ __all__ = [
     "WeightedReward",
     "accuracy_reward",
     "as_text",
+    "build_program",
+    "code_reward",
     "exact_match_reward",
     "extract_answer",
     "extract_boxed",
+    "extract_code",
     "extract_final_answer",
     "extract_think",
     "format_reward",
@@ -81,6 +86,7 @@ __all__ = [
     "script_word_counts",
     "scripts_for_language",
     "shutdown_pool",
+    "split_tests",
     "target_language_fraction",
     "warmup_pool",
 ]

@@ -30,8 +30,8 @@ What a shared cluster does to a run, and what happens then:
 * **Time.** Every call runs under a wall-clock limit (``call_timeout_s``, per reward; a spec
   key ``call_timeout_s`` overrides it) and all rewards of one batch share a budget
   (``batch_timeout_s``). Built-in rewards run inline (they are linear-time, fuzz-tested; the
-  math-verify ones bound their own items through :mod:`r1lightning.rewards.budget`, scoring
-  items not checked in time 0.0). A user function runs in a daemon worker thread
+  math-verify ones and ``code`` bound their own items through :mod:`r1lightning.rewards.budget`,
+  scoring items not checked in time 0.0). A user function runs in a daemon worker thread
   (``isolation: thread``, the default for anything not built in) and WeightedReward stops
   waiting at the limit: the batch scores 0.0 and ``timeouts[label]`` grows. A Python thread
   cannot be killed, so the call may go on in the background; while it does, that reward is not
@@ -64,6 +64,7 @@ from typing import Any
 
 from r1lightning.rewards.accuracy import accuracy_reward, exact_match_reward, math_verify_reward
 from r1lightning.rewards import budget
+from r1lightning.rewards.code import code_reward
 from r1lightning.rewards.errors import RewardConfigError, RewardFailedError
 from r1lightning.rewards.format import format_reward
 from r1lightning.rewards.language import language_consistency_reward
@@ -81,6 +82,7 @@ REWARD_FUNCS: dict[str, RewardFn] = {
     "math_verify": math_verify_reward,
     "format": format_reward,
     "language_consistency": language_consistency_reward,
+    "code": code_reward,
 }
 
 

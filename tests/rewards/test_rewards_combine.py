@@ -61,6 +61,7 @@ def test_registry_names():
         "math_verify",
         "format",
         "language_consistency",
+        "code",
     }
     assert get_reward_fn("format") is format_reward
 
@@ -82,7 +83,7 @@ def test_get_reward_fn_import_paths(path):
     [
         (
             "acuracy",
-            "unknown reward 'acuracy'; built-in rewards: accuracy, exact_match",
+            "unknown reward 'acuracy'; built-in rewards: accuracy, code, exact_match",
         ),  # typo lists names
         ("no_such_pkg.mod:fn", "cannot import module 'no_such_pkg.mod'"),  # bad module
         ("r1lightning.rewards:nope", "no callable 'nope'"),  # bad attribute

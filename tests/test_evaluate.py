@@ -204,3 +204,78 @@ def test_the_default_engine_is_vllm_where_installed(tmp_path):
     m = summary["benchmarks"]["arithmetic"]["metrics"]
     assert (m["questions"], m["samples"]) == (10, 20)
     assert len(samples_of(folder, "arithmetic")) == 20
+
+
+class ScriptedEngine:
+    """Answers each prompt with a scripted text (keyed by the prompt's token ids), n times."""
+
+    holds_weights = False
+
+    def __init__(self, answers: dict):
+        self.answers = answers
+
+    def generate(self, prompt_ids, sampling):
+        from r1lightning.rollout.base import RolloutBatch
+
+        texts = [self.answers[tuple(p)] for p in prompt_ids for _ in range(sampling.n)]
+        ids = [[5] * (3 + len(t) % 7) for t in texts]
+        return RolloutBatch(prompt_ids=prompt_ids, completion_ids=ids, texts=texts, truncated=[False] * len(texts),
+                            n=sampling.n)
+
+
+def scripted_eval(tmp_path, sets, answer_of) -> dict:
+    """Evaluate with an engine that answers every question with ``answer_of(row columns)``; the summary."""
+    import lightning.pytorch as pl
+
+    from r1lightning.modules.evaluate import EvalModule
+    from r1lightning.policy import PolicyConfig
+    from r1lightning.rollout.base import SamplingSettings
+
+    module = EvalModule(PolicyConfig(model_name_or_path="r1lightning/assets/tiny_base"),
+                        SamplingSettings(n=2, temperature=0.6, top_p=0.95, max_new_tokens=64), pass_k=[2],
+                        output_dir=str(tmp_path / "out"), bootstrap_resamples=100)
+    dm = EvalDataModule(sets, template="plain", max_prompt_length=100_000)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    dm.trainer = trainer
+    dm._tokenizer = module.tokenizer
+    dm.setup("test")
+    answers = {}
+    for ds in dm.datasets:
+        for item in ds.items:
+            answers[tuple(item["prompt_ids"])] = answer_of(item["columns"])
+    module.engine = ScriptedEngine(answers)
+    trainer.test(module, datamodule=dm)
+    return module.summary
+
+
+def test_right_answers_score_one_and_wrong_ones_zero_on_real_rows(tmp_path, monkeypatch):
+    """End to end on real rows: the reference answers (math: the gold boxed in the R1 format; code: the canonical
+    solution in a fenced block, scored in the sandbox against the row's tests) score pass@1 = cons@2 = 1; answers
+    of the wrong question score 0."""
+    monkeypatch.chdir(ROOT)
+    sets = [EvalSet("gsm8k", limit=4), EvalSet("math500", limit=4), EvalSet("humaneval", limit=3),
+            EvalSet("mbpp", limit=3)]
+
+    def right(cols):
+        if cols.get("tests") is not None:
+            return f"<think>here it is</think><answer>```python\n{cols['solution']}\n```</answer>"
+        return f"<think>done</think><answer>\\boxed{{{cols['answer']}}}</answer>"
+
+    summary = scripted_eval(tmp_path / "right", sets, right)
+    for name in ("gsm8k", "math500", "humaneval", "mbpp"):
+        m = summary["benchmarks"][name]["metrics"]
+        assert m["pass@1"] == 1.0 and m["pass@2"] == 1.0, (name, m)
+        assert m["format_rate"] == 1.0
+        if name in ("gsm8k", "math500"):
+            assert m["cons@2"] == 1.0
+
+    def wrong(cols):  # another question's reference: a right-looking answer to the wrong problem
+        if cols.get("tests") is not None:
+            return "<answer>```python\ndef f():\n    return None\n```</answer>"
+        return "<think>done</think><answer>\\boxed{-98765}</answer>"
+
+    summary = scripted_eval(tmp_path / "wrong", sets, wrong)
+    for name in ("gsm8k", "math500", "humaneval", "mbpp"):
+        m = summary["benchmarks"][name]["metrics"]
+        assert m["pass@1"] == 0.0, (name, m)

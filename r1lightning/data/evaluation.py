@@ -169,7 +169,7 @@ class EvalDataModule(pl.LightningDataModule):
 
     def _prompts(self, spec: EvalSet) -> PromptDataModule:
         """The PromptDataModule that renders, tokenises and checks one set's rows (its rules, its errors)."""
-        dm = PromptDataModule(template=self.template, answer_column=spec.answer_column,
+        dm = PromptDataModule(template=self.template, prompt_column="_question", answer_column=spec.answer_column,
                               system_prompt=self.system_prompt, max_prompt_length=self.max_prompt_length,
                               batch_size=self.batch_size, tokenizer=self._tokenizer)
         dm.trainer = self.trainer  # the model's positions and the sampling length bound the prompt length
@@ -183,7 +183,9 @@ class EvalDataModule(pl.LightningDataModule):
                 rows = load_rows(spec.source)
             except Exception as e:  # noqa: BLE001 - re-raised naming the set
                 raise type(e)(f"benchmark {spec.name!r} (source {spec.source!r}): {e}") from e
-            rows = [{**r, "_row": j, "prompt": spec.prompt_format.replace("{prompt}", str(r.get("prompt", "")))}
+            # the question as asked goes to "_question"; the row's own "prompt" (HumanEval's function stub) stays
+            # a column, so the code reward can build the program the HumanEval way (stub + completion)
+            rows = [{**r, "_row": j, "_question": spec.prompt_format.replace("{prompt}", str(r["prompt"]))}
                     if "prompt" in r else {**r, "_row": j} for j, r in enumerate(rows)]
             dm = self._prompts(spec)
             items = dm._prepare(rows, spec.source, train=False)

@@ -192,3 +192,39 @@ def test_grpo_pads_when_the_model_attends_across_packed_sequences(tmp_path):
         m, q, k, v, None, **kw))
     _, rec = _grpo_step(tmp_path, packing=True, attn="whole_row_causal")
     assert rec.layouts and not any(rec.layouts)
+
+
+def test_an_empty_completion_still_counts_among_the_sequences(tiny_tokenizer):
+    """Packing leaves an empty completion out of the rows (it scores nothing) but the 'grpo' loss still divides by
+    every sequence of the mini-batch: the same normalisers and the same loss as the padded layout."""
+    from r1lightning.modules import GRPOModule
+    from r1lightning.modules.grpo import Trajectory
+    from r1lightning.policy import PolicyConfig, TinyModelSettings
+    from r1lightning.rollout import SamplingSettings
+    from r1lightning.rollout.base import RolloutBatch
+
+    module = GRPOModule(policy=PolicyConfig(tiny=TinyModelSettings(hidden_size=32, num_hidden_layers=2,
+                                                                   num_attention_heads=2, intermediate_size=64)),
+                        sampling=SamplingSettings(n=2, max_new_tokens=8), beta=0.04, export_dir="none")
+    module.policy.tokenizer = tiny_tokenizer
+    module.configure_model()
+    completions = [[5, 6, 7], [], [8], [9, 10, 11, 12]]
+    rollout = RolloutBatch(prompt_ids=[[3, 4, 5], [6, 7]], completion_ids=completions, texts=[""] * 4,
+                           truncated=[False] * 4, n=2)
+    traj = Trajectory(rollout=rollout, columns={}, rewards=torch.zeros(4), per_fn={},
+                      advantages=torch.tensor([1.0, -1.0, 0.5, -0.5]), loss_rows=torch.ones(4, dtype=torch.bool),
+                      policy_version=0)
+    losses = {}
+    for packing in (False, True):
+        module.hparams.packing = packing
+        (mb,) = module.prepare(traj)
+        assert mb.num_sequences == 4 and mb.num_tokens == 8
+        assert all((m.packed is not None) == packing for m in mb.micro)
+        total = 0.0
+        for m in mb.micro:
+            logp, _ = module.policy_logprobs(m)
+            loss, _ = grpo_loss(logp, logp.detach(), m.ref_logp, m.adv, m.cmask, beta=0.04, max_len=8,
+                                total_tokens=mb.num_tokens, num_sequences=mb.num_sequences)
+            total += float(loss)
+        losses[packing] = total
+    assert losses[True] == pytest.approx(losses[False], abs=1e-6)

@@ -604,16 +604,18 @@ class GRPOModule(PolicyModule):
         layouts: list[list[Optional[list[list[int]]]]] = []  # per mini-batch and micro-batch: packed rows or None
         for rows in slices:
             rows = [r for r in rows if bool(traj.loss_rows[r])]
-            if packing:  # empty completions score nothing: they are left out of the packed rows
-                rows = [r for r in rows if completions[r]]
-            lengths = [len(traj.prompt_of(r)) + len(completions[r]) for r in rows]
             if packing:
+                # an empty completion scores nothing, so it is left out of the packed rows (it still counts among
+                # the sequences that normalise the loss)
+                scored = [r for r in rows if completions[r]]
+                lengths = [len(traj.prompt_of(r)) + len(completions[r]) for r in scored]
                 packed = packed_micro_batches(lengths, hp.micro_batch_tokens)
-                groups = [[rows[i] for row in micro for i in row] for micro in packed]
+                groups = [[scored[i] for row in micro for i in row] for micro in packed]
                 # the packed rows as positions in the micro-batch's row list
                 layouts.append([[[sum(len(r) for r in micro[:j]) + k for k in range(len(row))]
                                  for j, row in enumerate(micro)] for micro in packed])
             else:
+                lengths = [len(traj.prompt_of(r)) + len(completions[r]) for r in rows]
                 groups = [[rows[i] for i in m] for m in micro_batches(lengths, hp.micro_batch_tokens)]
                 layouts.append([None] * len(groups))
             local.append(groups)

@@ -104,9 +104,8 @@ def test_packed_equals_padded_logprobs_losses_and_gradients(build, attn):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_a_model_attending_across_packed_sequences_is_padded_instead(tiny_tokenizer):
-    """An attention that ignores the packing (plain causal over the whole row) fails the probe, and GRPO's
-    prepare then pads: no micro-batch is packed."""
+def test_the_probe_detects_a_model_attending_across_packed_sequences():
+    """An attention that ignores the packing (plain causal over the whole row) fails the probe; sdpa passes."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -153,7 +152,8 @@ def _grpo_step(tmp_path, packing, attn="sdpa"):
     from r1lightning.policy import PolicyConfig
     from r1lightning.rollout import SamplingSettings
 
-    module = GRPOModule(policy=PolicyConfig(model_name_or_path="r1lightning/assets/tiny_base", attn_implementation=attn),
+    policy = PolicyConfig(model_name_or_path="r1lightning/assets/tiny_base", attn_implementation=attn)
+    module = GRPOModule(policy=policy,
                         rewards=[length_reward], sampling=SamplingSettings(n=4, max_new_tokens=64, seed=5), beta=0.04,
                         num_minibatches=2, mu=2, packing=packing, micro_batch_tokens=512, lr=1e-3, export_dir="none")
     dm = PromptDataModule(train_data="synthetic:arithmetic?n=16&split=train&min_terms=2&max_terms=5", batch_size=4,
@@ -176,8 +176,7 @@ def test_a_grpo_step_packed_equals_padded(tmp_path):
     for step0, step1 in zip(rec0.grads, rec1.grads):
         for a, b in zip(step0, step1):
             torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
-    moved = 0.0
-    for (name, a), b in zip(padded.policy.model.named_parameters(), packed.policy.model.parameters()):
+    for a, b in zip(padded.policy.model.parameters(), packed.policy.model.parameters()):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
     start = _llama("sdpa")
     moved = max(float((a - b).abs().max()) for a, b in zip(start.parameters(), packed.policy.model.parameters()))
@@ -185,6 +184,7 @@ def test_a_grpo_step_packed_equals_padded(tmp_path):
 
 
 def test_grpo_pads_when_the_model_attends_across_packed_sequences(tmp_path):
+    """The probe fails, so GRPO's prepare pads: no micro-batch is packed."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

@@ -128,7 +128,7 @@ def test_sampling_pi_old_and_reference_are_deterministic_with_dropout(dropout_mo
                         beta=0.001, export_dir="none")
     module.configure_model()
     tok = module.tokenizer
-    prompts = [tok("Compute 1+2.", add_special_tokens=False).input_ids, tok("Compute 40+2.", add_special_tokens=False).input_ids]
+    prompts = [tok(q, add_special_tokens=False).input_ids for q in ("Compute 1+2.", "Compute 40+2.")]
     traj = module.rollout_and_score(prompts, {"answer": ["3", "42"]})
     assert module.policy.model.training  # the engine restored train mode
     first, second = module.prepare(traj), module.prepare(traj)

@@ -260,14 +260,19 @@ def main() -> None:
                     x for res in rs for x in res["packed_padding_fraction"])
         out["step_ratio_r1_over_trl"] = out["r1"]["median_step_s"] / out["trl"]["median_step_s"]
         out["step_cpu_ratio_r1_over_trl"] = out["r1"]["median_step_cpu_s"] / out["trl"]["median_step_cpu_s"]
-        # per repeat (r1 run i against the TRL run right after it): how much the ratio moves with the load
-        med = lambda res: statistics.median(res["step_s"][args.skip:])  # noqa: E731
+        med = lambda res, key="step_s": statistics.median(res[key][args.skip:])  # noqa: E731
+        # per repeat (r1 run i against the TRL run right after it, under about the same load): the pooled medians
+        # above mix steps of runs under different loads, these pairs do not
         out["step_ratio_per_repeat"] = [med(a) / med(b) for a, b in zip(runs["r1"], runs["trl"])]
+        out["step_cpu_ratio_per_repeat"] = [med(a, "step_cpu_s") / med(b, "step_cpu_s")
+                                            for a, b in zip(runs["r1"], runs["trl"])]
+        out["step_ratio_median_of_repeats"] = statistics.median(out["step_ratio_per_repeat"])
         out["peak_rss_ratio_r1_over_trl"] = out["r1"]["peak_rss_mib"] / out["trl"]["peak_rss_mib"]
         out["rss_growth_ratio_r1_over_trl"] = out["r1"]["rss_growth_mib"] / out["trl"]["rss_growth_mib"]
         summary["modes"][mode] = out
         print(f"{mode}: r1lightning {out['r1']['median_step_s']:.3f} s / TRL {out['trl']['median_step_s']:.3f} s "
-              f"per step = {out['step_ratio_r1_over_trl']:.2f}x (CPU time {out['step_cpu_ratio_r1_over_trl']:.2f}x); "
+              f"per step = {out['step_ratio_r1_over_trl']:.2f}x (CPU time {out['step_cpu_ratio_r1_over_trl']:.2f}x; "
+              f"paired runs {', '.join(f'{x:.2f}' for x in out['step_ratio_per_repeat'])}); "
               f"peak RSS {out['r1']['peak_rss_mib']:.0f} / "
               f"{out['trl']['peak_rss_mib']:.0f} MiB = {out['peak_rss_ratio_r1_over_trl']:.2f}x (growth during "
               f"training {out['rss_growth_ratio_r1_over_trl']:.2f}x); padding computed by r1lightning "

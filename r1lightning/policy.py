@@ -9,10 +9,21 @@ Log-probs are computed from the decoder's final hidden states with the LM head a
 of ``logprob_chunk_tokens`` tokens under activation checkpointing, and only at the positions asked
 for: the full ``(B, T, V)`` fp32 logits tensor is never built (with a 150k vocabulary it would be the
 largest tensor of the step).
+
+Packed rows (:class:`PackedRows`): several sequences share one row, their position ids restart at 0 and
+no attention mask is passed; transformers' masking utilities then build a block-diagonal causal mask
+(sdpa / eager / flex) or run varlen flash attention, so no compute is spent on padding. Whether a model
+keeps packed sequences apart is checked once with a probe (:func:`supports_packed_rows`); callers fall
+back to padded rows when it does not.
+
+Train / eval mode: the built model follows the ``Policy`` module's own mode (train unless ``.eval()`` was
+called), not the eval mode ``from_pretrained`` leaves it in -- otherwise dropout and gradient
+checkpointing (which transformers applies only in train mode) would silently be off during training.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from dataclasses import dataclass, field
@@ -105,6 +116,73 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return pos.clamp_(min=0)
 
 
+@dataclass
+class PackedRows:
+    """Sequences laid end to end in rows of ``width`` tokens (the rest of a row is fill).
+
+    Made by :func:`pack_sequences`; read by :func:`packed_token_logprobs`."""
+
+    input_ids: Tensor
+    """(R, W) token ids; fill is the pad id."""
+    position_ids: Tensor
+    """(R, W) positions restarting at 0 for each sequence (and for the fill, a sequence of its own)."""
+    targets: Tensor
+    """(N,) flat index into ``input_ids.view(-1)`` of every scored token, sequence by sequence in the
+    order the sequences were given, each sequence's tokens in order."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.input_ids.shape)
+
+
+def pack_rows(lengths: list[int], width: int) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into rows holding at most ``width`` tokens (first-fit decreasing;
+    a longer sequence gets a row of its own). Rows are returned in the order they were opened."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda j: (-lengths[j], j)):
+        n = lengths[i]
+        for r, free in enumerate(room):
+            if n <= free:
+                rows[r].append(i)
+                room[r] -= n
+                break
+        else:
+            rows.append([i])
+            room.append(width - n)
+    return rows
+
+
+def pack_sequences(sequences: list[list[int]], score_from: list[int], rows: list[list[int]], pad_id: int,
+                   device: torch.device | str = "cpu") -> PackedRows:
+    """Lay ``sequences`` out in the given ``rows`` (lists of sequence indices, e.g. from :func:`pack_rows`),
+    each row as wide as the widest. Tokens ``score_from[i]:`` of sequence i are scored (``score_from[i] >= 1``:
+    a token needs one before it)."""
+    width = max(sum(len(sequences[i]) for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    start = {}
+    for r, row in enumerate(rows):
+        col = 0
+        for i in row:
+            n = len(sequences[i])
+            ids[r, col : col + n] = torch.tensor(sequences[i], dtype=torch.long)
+            pos[r, col : col + n] = torch.arange(n)
+            start[i] = r * width + col
+            col += n
+        pos[r, col:] = torch.arange(width - col)  # the fill attends only to itself
+    targets = []
+    for i, seq in enumerate(sequences):
+        if score_from[i] < len(seq):
+            if score_from[i] < 1:
+                raise ValueError(f"sequence {i}: the first scored token needs a token before it (score_from >= 1)")
+            if i not in start:
+                raise ValueError(f"sequence {i} has tokens to score but is in no row")
+            targets.append(torch.arange(start[i] + score_from[i], start[i] + len(seq)))
+    flat = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.long)
+    return PackedRows(ids.to(device), pos.to(device), flat.to(device))
+
+
 def _head_logprobs(hidden: Tensor, targets: Tensor, weight: Tensor, bias: Optional[Tensor], temperature: float,
                    softcap: Optional[float], logit_scale: Optional[float]) -> tuple[Tensor, Tensor]:
     """Log-prob of ``targets`` and entropy for a chunk of hidden states.  hidden (N, H), targets (N,)"""
@@ -158,8 +236,16 @@ def causal_lm_token_logprobs(
         keep = attention_mask[:, seqlen - k :].bool()
     else:
         keep = torch.ones_like(targets, dtype=torch.bool)
-    flat_h = hidden[keep]  # (N, H)
-    flat_t = targets[keep]  # (N,)
+    lp, ent = _chunked_head_logprobs(lm, hidden[keep], targets[keep], temperature, chunk_tokens)  # (N,)
+    logp = hidden.new_zeros(bsz, k, dtype=torch.float32).masked_scatter(keep, lp)
+    entropy = torch.zeros_like(logp).masked_scatter(keep, ent)
+    return logp, entropy
+
+
+def _chunked_head_logprobs(lm: nn.Module, flat_h: Tensor, flat_t: Tensor, temperature: float,
+                           chunk_tokens: int) -> tuple[Tensor, Tensor]:
+    """The LM head on ``chunk_tokens`` hidden states at a time (checkpointed when it needs a gradient).
+    flat_h (N, H), flat_t (N,) -> logp (N,) fp32, entropy (N,) detached."""
     head = lm.get_output_embeddings()
     weight, bias = head.weight, getattr(head, "bias", None)
     softcap = getattr(lm.config, "final_logit_softcapping", None)
@@ -174,12 +260,64 @@ def causal_lm_token_logprobs(
             lp, ent = _head_logprobs(h, t, weight, bias, temperature, softcap, scale)
         lps.append(lp)
         ents.append(ent)
-    logp = hidden.new_zeros(bsz, k, dtype=torch.float32)
-    entropy = torch.zeros_like(logp)
-    if lps:
-        logp = logp.masked_scatter(keep, torch.cat(lps))
-        entropy = entropy.masked_scatter(keep, torch.cat(ents).detach())
+    if not lps:
+        empty = flat_h.new_zeros(0, dtype=torch.float32)
+        return empty, empty
+    return torch.cat(lps), torch.cat(ents).detach()
+
+
+def packed_token_logprobs(lm: nn.Module, packed: PackedRows, loss_mask: Tensor, temperature: float = 1.0,
+                          chunk_tokens: int = 1024) -> tuple[Tensor, Tensor]:
+    """Log-probs and entropies of the scored tokens of packed rows, in the padded layout of ``loss_mask``.
+
+    ``loss_mask`` (B, K) has, row b, as many ones as sequence b has scored tokens (e.g. a completion mask
+    whose ones are the completion's tokens in order); returns logp (B, K) and entropy (B, K), 0 where the
+    mask is 0 -- the same values :func:`causal_lm_token_logprobs` gives on the padded batch."""
+    keep = loss_mask.bool()
+    if int(keep.sum()) != packed.targets.numel():
+        raise ValueError(f"loss_mask has {int(keep.sum())} scored tokens, the packed rows {packed.targets.numel()}")
+    out = lm.get_decoder()(input_ids=packed.input_ids, attention_mask=None, position_ids=packed.position_ids,
+                           use_cache=False)
+    hidden = out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1])  # (R*W, H)
+    # the hidden state one position earlier (same sequence: a scored token is never a sequence's first) predicts it
+    lp, ent = _chunked_head_logprobs(lm, hidden[packed.targets - 1], packed.input_ids.reshape(-1)[packed.targets],
+                                     temperature, chunk_tokens)
+    logp = hidden.new_zeros(keep.shape, dtype=torch.float32).masked_scatter(keep, lp)
+    entropy = torch.zeros_like(logp).masked_scatter(keep, ent)
     return logp, entropy
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module):
+    """Every submodule in eval mode inside the block, each restored to its own mode after it."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@torch.no_grad()
+def supports_packed_rows(lm: nn.Module) -> bool:
+    """Whether ``lm`` keeps sequences packed in one row apart when given restarting position ids and no
+    attention mask: the second of two packed sequences must get the hidden states it gets alone. (False for
+    attention implementations or remote-code models that ignore position-id packing and attend across.)"""
+    decoder = lm.get_decoder()
+    device = next(lm.parameters()).device
+    vocab = int(lm.config.vocab_size)
+    first, second = [(7 * i + 3) % vocab for i in range(6)], [(11 * i + 5) % vocab for i in range(5)]
+    with eval_mode(lm):
+        ids = torch.tensor([first + second], device=device)
+        pos = torch.tensor([list(range(len(first))) + list(range(len(second)))], device=device)
+        packed = decoder(input_ids=ids, position_ids=pos, attention_mask=None, use_cache=False).last_hidden_state
+        alone = decoder(input_ids=ids[:, len(first):], position_ids=pos[:, len(first):], attention_mask=None,
+                        use_cache=False).last_hidden_state
+    packed, alone = packed[0, len(first):].float(), alone[0].float()
+    # fp32 agrees to rounding; half precision to its ~3 digits; attending across the boundary is off by O(1)
+    tol = 1e-4 if packed.dtype == torch.float32 and next(lm.parameters()).dtype == torch.float32 else 3e-2
+    return bool(((packed - alone).abs().max() <= tol * alone.abs().max().clamp(min=1.0)).item())
 
 
 def _export_tensor(tensor: Tensor, dtype: Optional[torch.dtype]) -> Tensor:
@@ -251,6 +389,7 @@ class Policy(nn.Module):
         self.config = config or PolicyConfig()
         self.tokenizer = tokenizer if tokenizer is not None else self._load_tokenizer()
         self.model: Optional[nn.Module] = None
+        self._packing_ok: Optional[bool] = None
 
     # ------------------------------------------------------------------ loading
     def _source(self) -> Optional[Path]:
@@ -346,6 +485,9 @@ class Policy(nn.Module):
             )
             if cfg.gradient_checkpointing:
                 model.enable_input_require_grads()
+        # from_pretrained returns the model in eval mode; a trainer needs it in the mode of this module (train
+        # unless set otherwise), or dropout and transformers' gradient checkpointing stay off in training
+        model.train(self.training)
         self.model = model
         return model
 
@@ -376,6 +518,18 @@ class Policy(nn.Module):
             self.base_causal_lm(), input_ids, attention_mask, logits_to_keep, temperature, position_ids, loss_mask,
             self.config.logprob_chunk_tokens,
         )
+
+    def packed_token_logprobs(self, packed: PackedRows, loss_mask: Tensor,
+                              temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+        """Per-token log-probs and entropies of packed rows; see :func:`packed_token_logprobs`."""
+        return packed_token_logprobs(self.base_causal_lm(), packed, loss_mask, temperature,
+                                     self.config.logprob_chunk_tokens)
+
+    def supports_packing(self) -> bool:
+        """Whether this model keeps packed sequences apart (probed once, see :func:`supports_packed_rows`)."""
+        if self._packing_ok is None:
+            self._packing_ok = supports_packed_rows(self.base_causal_lm())
+        return self._packing_ok
 
     # ------------------------------------------------------------------ export
     def merged_model(self) -> nn.Module:

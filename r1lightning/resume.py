@@ -24,7 +24,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 RUN_KEY = "r1lightning_run"  # checkpoint entry written by RunRecord
 
 SAFE_ON_RESUME = ("lr", "weight_decay", "betas", "max_grad_norm", "beta", "max_empty_steps", "micro_batch_tokens",
-                  "export_dir", "eval_reward", "eval_sampling")
+                  "packing", "export_dir", "eval_reward", "eval_sampling")
 """``model.init_args`` keys (and everything under them) that the command line may change on resume."""
 
 

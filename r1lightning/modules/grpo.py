@@ -7,7 +7,7 @@ One ``training_step`` is one rollout batch, exactly the algorithm box, in named 
     score     rule-based rewards (accuracy, format, language consistency, ...)
     advantage A_i = (r_i - mean(r_group)) / (std(r_group) + eps)
     prepare   pi_old (when mu > 1 or num_minibatches > 1) and pi_ref log-probs of EVERY micro-batch of the
-              rollout, under no_grad, before the first optimizer step
+              rollout, under no_grad and in eval mode (as the sampler), before the first optimizer step
     optimize  mu passes over ``num_minibatches`` mini-batches, each an optimizer step:
               - 1/|o| sum_t min(rho_t A, clip(rho_t, 1-eps_low, 1+eps_high) A) + beta * KL_k3(pi || pi_ref)
     log       step metrics, reduced over ranks
@@ -20,6 +20,10 @@ R1 values: lr 3e-6, beta 0.001, temperature 1.0, G = 16, 32 questions per optimi
 8,192 outputs split into 16 mini-batches trained for one inner epoch, clip epsilon 10 (Nature version),
 reference replaced by the current policy every 400 steps. ``global_step`` counts optimizer steps, as
 the paper's steps do.
+
+The policy trains in train mode (dropout as its config says, gradient checkpointing active); sampling,
+pi_old and pi_ref run in eval mode. Micro-batches are packed (several sequences per row, position ids
+restarting at 0, no padding computed) when the model supports it (``packing``).
 
 Distributed data parallel: each prompt's whole group is generated and scored on one rank (advantages
 stay local), but every rank runs the same number of micro-batches and optimizer steps in a step (the
@@ -52,7 +56,8 @@ from r1lightning.dapo import ScoredCompletions, keep_mask, splice_groups, zero_v
 from r1lightning.guards import finite_rewards, finite_scores
 from r1lightning.losses import grpo_loss
 from r1lightning.modules.base import PolicyModule, expand_columns
-from r1lightning.policy import PolicyConfig, causal_lm_token_logprobs
+from r1lightning.policy import (PackedRows, PolicyConfig, causal_lm_token_logprobs, eval_mode, pack_rows,
+                                pack_sequences, packed_token_logprobs)
 from r1lightning.rewards import WeightedReward
 from r1lightning.rollout.base import EngineSettings, RolloutBatch, RolloutEngine, SamplingSettings
 from r1lightning.rollout.hf import HFEngineSettings
@@ -98,6 +103,32 @@ def micro_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
     if cur:
         groups.append(cur)
     return groups
+
+
+def packed_micro_batches(lengths: list[int], token_budget: int, max_widening: int = 4) -> list[list[list[int]]]:
+    """Micro-batches of packed rows (lists of indices into ``lengths``).
+
+    The sequences are packed first-fit decreasing into rows of width k x the longest sequence, for the k in
+    1..``max_widening`` (and width within the budget) that leaves the fewest row x width slots (the smallest k
+    on ties): a wider row fits more sequences (less fill), but sdpa / eager attention computes the whole
+    block-diagonal row, so its cost per token grows with the width. Consecutive rows then form a micro-batch
+    while rows x width stays within ``token_budget`` (one row at least): the budget counts real tokens plus
+    the fill of the rows, no longer rows x the longest row."""
+    if not lengths:
+        return []
+    longest = max(lengths)
+    best = None
+    for k in range(1, max_widening + 1):
+        width = k * longest
+        if k > 1 and width > token_budget:
+            break
+        rows = pack_rows(lengths, width)
+        used = max(sum(lengths[i] for i in row) for row in rows)  # rows are as wide as the widest
+        if best is None or len(rows) * used < best[0]:
+            best = (len(rows) * used, used, rows)
+    _, width, rows = best
+    per_micro = max(1, token_budget // width)
+    return [rows[i : i + per_micro] for i in range(0, len(rows), per_micro)]
 
 
 def minibatch_rows(num_groups: int, group_size: int, num_minibatches: int) -> list[list[int]]:
@@ -167,6 +198,7 @@ class MicroBatch:
     ref_logp: Optional[Tensor] = None  # (b, C)
     engine_logp: Optional[Tensor] = None  # (b, C) the engine's sampling log-probs
     padding: bool = False  # a zero-weight micro-batch: equal collectives on every rank, no contribution
+    packed: Optional[PackedRows] = None  # the same sequences packed several per row (forwards use it when set)
 
 
 @dataclass
@@ -248,6 +280,7 @@ class GRPOModule(PolicyModule):
         mu: int = 1,
         num_minibatches: int = 1,
         micro_batch_tokens: int = 16384,
+        packing: bool = True,
         ref_refresh_steps: int = 0,
         dynamic_sampling: Literal["off", "filter", "resample"] = "off",
         max_resample_rounds: int = 2,
@@ -289,7 +322,12 @@ class GRPOModule(PolicyModule):
             mu: Passes over each rollout batch (GRPO's mu); >1 reuses samples with importance ratios.
             num_minibatches: Optimizer steps per rollout batch and pass (R1: 16). Each takes a slice of
                 whole groups; pi_old of every slice is computed before the first step.
-            micro_batch_tokens: Token budget (rows x padded length) of one forward/backward micro-batch.
+            micro_batch_tokens: Token budget of one forward/backward micro-batch: rows x row width (packed
+                rows are as wide as the mini-batch's longest sequence; padded rows as their micro-batch's).
+            packing: Pack several sequences per row in the log-prob forwards (policy, pi_old, reference), so
+                no compute goes to padding; equal to the padded computation up to float rounding. Used when
+                the model keeps packed sequences apart (probed once: transformers' sdpa / eager / flex / flash
+                attention do); otherwise, or with false, rows are padded.
             ref_refresh_steps: Replace the reference by the current policy every N optimizer steps (R1: 400; 0 = never).
             dynamic_sampling: 'filter' drops zero-reward-variance groups from the loss; 'resample' first
                 regenerates them (up to max_resample_rounds), then filters (DAPO).
@@ -397,13 +435,28 @@ class GRPOModule(PolicyModule):
         if self.ref_model is not None:
             self.ref_model.load_state_dict(self.policy.base_causal_lm().state_dict())
 
-    def reference_logprobs(self, ids: Tensor, attn: Tensor, keep: int, mask: Tensor) -> Tensor:
+    def reference_logprobs(self, ids: Tensor, attn: Tensor, keep: int, mask: Tensor,
+                           packed: Optional[PackedRows] = None) -> Tensor:
+        """pi_ref log-probs (b, keep) of the padded batch, computed on ``packed`` (the same sequences) when given."""
         temp = self.sampling.temperature
         chunk = self.policy.config.logprob_chunk_tokens
-        if self.policy.is_lora:  # the base model with the adapter switched off is the reference
-            with self.policy.build().disable_adapter():
-                return causal_lm_token_logprobs(self.policy.base_causal_lm(), ids, attn, keep, temp, None, mask, chunk)[0]
-        return causal_lm_token_logprobs(self.ref_model, ids, attn, keep, temp, None, mask, chunk)[0]
+
+        def logprobs(lm: nn.Module) -> Tensor:
+            if packed is not None:
+                return packed_token_logprobs(lm, packed, mask, temp, chunk)[0]
+            return causal_lm_token_logprobs(lm, ids, attn, keep, temp, None, mask, chunk)[0]
+
+        if self.policy.is_lora:  # the base model with the adapter switched off, without dropout, is the reference
+            with self.policy.build().disable_adapter(), eval_mode(self.policy.build()):
+                return logprobs(self.policy.base_causal_lm())
+        return logprobs(self.ref_model)
+
+    def policy_logprobs(self, m: MicroBatch) -> tuple[Tensor, Tensor]:
+        """The policy's log-probs and entropies (b, C) of a micro-batch's completion tokens, packed when it is."""
+        if m.packed is not None:
+            return self.policy.packed_token_logprobs(m.packed, m.cmask, self.sampling.temperature)
+        return self.policy.token_logprobs(m.ids, m.attn, logits_to_keep=m.cmask.shape[1],
+                                         temperature=self.sampling.temperature, loss_mask=m.cmask)
 
     # ---------------------------------------------------------------- the engine and its weights
     def rollout_engine(self) -> RolloutEngine:
@@ -547,10 +600,24 @@ class GRPOModule(PolicyModule):
         slices = minibatch_rows(len(out.prompt_ids), out.n, hp.num_minibatches)
         local: list[list[list[int]]] = []  # per mini-batch, the row indices of each micro-batch
         counts: list[float] = []  # per mini-batch: micro-batches, sequences, tokens (this rank)
+        packing = hp.packing and self.policy.supports_packing()
+        layouts: list[list[Optional[list[list[int]]]]] = []  # per mini-batch and micro-batch: packed rows or None
         for rows in slices:
             rows = [r for r in rows if bool(traj.loss_rows[r])]
-            lengths = [len(traj.prompt_of(r)) + len(completions[r]) for r in rows]
-            groups = [[rows[i] for i in m] for m in micro_batches(lengths, hp.micro_batch_tokens)]
+            if packing:
+                # an empty completion scores nothing, so it is left out of the packed rows (it still counts among
+                # the sequences that normalise the loss)
+                scored = [r for r in rows if completions[r]]
+                lengths = [len(traj.prompt_of(r)) + len(completions[r]) for r in scored]
+                packed = packed_micro_batches(lengths, hp.micro_batch_tokens)
+                groups = [[scored[i] for row in micro for i in row] for micro in packed]
+                # the packed rows as positions in the micro-batch's row list
+                layouts.append([[[sum(len(r) for r in micro[:j]) + k for k in range(len(row))]
+                                 for j, row in enumerate(micro)] for micro in packed])
+            else:
+                lengths = [len(traj.prompt_of(r)) + len(completions[r]) for r in rows]
+                groups = [[rows[i] for i in m] for m in micro_batches(lengths, hp.micro_batch_tokens)]
+                layouts.append([None] * len(groups))
             local.append(groups)
             counts += [float(len(groups)), float(len(rows)), float(sum(len(completions[r]) for r in rows))]
         # every rank runs the largest micro-batch count of each mini-batch; the loss normalisers are global sums
@@ -558,11 +625,13 @@ class GRPOModule(PolicyModule):
         n_seq, n_tok = self._split(self._reduce(counts[1::3] + counts[2::3], "sum"))
         need_old = hp.mu > 1 or hp.num_minibatches > 1
         minibatches, padding = [], None
-        for groups, mb_micro, mb_seq, mb_tok in zip(local, n_micro, n_seq, n_tok):
+        for groups, layout, mb_micro, mb_seq, mb_tok in zip(local, layouts, n_micro, n_seq, n_tok):
             if mb_seq == 0:  # no rank has a row to learn from: every rank skips this optimizer step
                 minibatches.append(MiniBatch([], 0.0, 0.0))
                 continue
-            micro = [self._prepare_micro(rows, traj, need_old) for rows in groups]
+            # pi_old and pi_ref without dropout: the sampler (and the reference) run in eval mode too
+            with eval_mode(self.policy.build()):
+                micro = [self._prepare_micro(rows, traj, need_old, layout=lay) for rows, lay in zip(groups, layout)]
             if len(micro) < mb_micro:
                 padding = padding or self._prepare_micro([0], traj, need_old=False, padding=True)
                 micro += [padding] * int(mb_micro - len(micro))
@@ -587,12 +656,18 @@ class GRPOModule(PolicyModule):
             )
 
     @torch.no_grad()
-    def _prepare_micro(self, rows: list[int], traj: Trajectory, need_old: bool, padding: bool = False) -> MicroBatch:
+    def _prepare_micro(self, rows: list[int], traj: Trajectory, need_old: bool, padding: bool = False,
+                       layout: Optional[list[list[int]]] = None) -> MicroBatch:
+        """A micro-batch of ``rows`` (padded), packed as ``layout`` (lists of positions in ``rows``) when given,
+        with pi_old (need_old) and pi_ref computed."""
         out = traj.rollout
-        ids, attn, cmask = build_sequences([traj.prompt_of(r) for r in rows], [out.completion_ids[r] for r in rows],
-                                           self.tokenizer.pad_token_id, self.device)
+        prompts, completions = [traj.prompt_of(r) for r in rows], [out.completion_ids[r] for r in rows]
+        ids, attn, cmask = build_sequences(prompts, completions, self.tokenizer.pad_token_id, self.device)
         m = MicroBatch(rows=rows, ids=ids, attn=attn, cmask=cmask, adv=traj.advantages[rows].to(self.device),
                        padding=padding)
+        if layout is not None and not padding:
+            m.packed = pack_sequences([p + c for p, c in zip(prompts, completions)], [len(p) for p in prompts],
+                                      layout, self.tokenizer.pad_token_id, self.device)
         if padding:
             # at least one scored position, so the LM head is in the graph too (an untied head would otherwise get
             # no gradient hook on this backward, and DDP's all-reduce would wait for it)
@@ -604,10 +679,9 @@ class GRPOModule(PolicyModule):
                 elp[j, : len(out.logprobs[r])] = torch.tensor(out.logprobs[r], dtype=torch.float32)
             m.engine_logp = elp.to(self.device)
         if need_old:
-            m.old_logp = self.policy.token_logprobs(ids, attn, cmask.shape[1], self.sampling.temperature,
-                                                    loss_mask=cmask)[0]
+            m.old_logp = self.policy_logprobs(m)[0]
         if self.hparams.beta > 0:
-            m.ref_logp = self.reference_logprobs(ids, attn, cmask.shape[1], cmask)
+            m.ref_logp = self.reference_logprobs(ids, attn, cmask.shape[1], cmask, m.packed)
         return m
 
     def optimize(self, minibatches: list[MiniBatch]) -> StepStats:
@@ -625,10 +699,7 @@ class GRPOModule(PolicyModule):
                 last = len(mb.micro) - 1
                 for k, m in enumerate(mb.micro):
                     with self._no_grad_sync() if k < last else contextlib.nullcontext():
-                        logp, entropy = self.policy.token_logprobs(
-                            m.ids, m.attn, logits_to_keep=m.cmask.shape[1], temperature=self.sampling.temperature,
-                            loss_mask=m.cmask,
-                        )  # (b, C)
+                        logp, entropy = self.policy_logprobs(m)  # (b, C)
                         if m.padding:  # same graph, zero gradient: keeps DDP's collectives paired across ranks
                             self.manual_backward((logp * m.cmask).sum() * 0.0)
                             continue

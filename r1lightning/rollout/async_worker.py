@@ -91,12 +91,14 @@ class RolloutWorker:
 
     def __init__(self, engine: RolloutEngine, split_threads: bool = True):
         self.engine = engine
-        self._pool: Optional[ThreadPoolExecutor] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_PREFIX)
         self._job: Optional[RolloutJob] = None
         self._threads_before: Optional[int] = None
         if split_threads:
             self._threads_before = torch.get_num_threads()
             torch.set_num_threads(max(1, self._threads_before // 2))
+        self._pool: Optional[ThreadPoolExecutor] = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=THREAD_PREFIX, initializer=_match_threads,
+            initargs=(torch.get_num_threads(),))
         self.busy_s = 0.0  # seconds the worker spent generating
 
     @property
@@ -134,6 +136,12 @@ class RolloutWorker:
         if self._threads_before is not None:
             torch.set_num_threads(self._threads_before)
             self._threads_before = None
+
+
+def _match_threads(n: int) -> None:
+    """A new thread's OpenMP pool starts at the machine's default size, not torch's setting; vLLM's CPU attention
+    checks that the two agree (its metadata is sized by one, its kernel by the other). Set both in this thread."""
+    torch.set_num_threads(n)
 
 
 def worker_threads_alive() -> list[threading.Thread]:

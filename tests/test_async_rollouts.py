@@ -42,7 +42,7 @@ class Observer(pl.Callback):
     def __init__(self):
         self.engine_version = None
         self.sampled_at = {}  # first prompt of a batch -> version of the engine's weights when it was generated
-        self.gaps, self.reported, self.fed, self.trained = [], [], [], []
+        self.gaps, self.reported, self.fed, self.trained, self.rollouts = [], [], [], [], []
         self._start = None
 
     def on_engine_sync(self, trainer, module, info):
@@ -70,6 +70,7 @@ class Observer(pl.Callback):
         self.gaps.append(self._start - self.sampled_at[tuple(traj.rollout.prompt_ids[0])])
         self.reported.append(traj.staleness)
         self.trained.append([module.tokenizer.decode(p) for p in traj.rollout.prompt_ids])
+        self.rollouts.append(traj.rollout.completion_ids)
 
 
 def test_every_trained_batch_is_at_most_one_version_stale(tiny_tokenizer, tmp_path):
@@ -153,7 +154,10 @@ class SigtermAt(pl.Callback):
             signal.raise_signal(signal.SIGTERM)  # Lightning's handler: stop at the end of this batch
 
 
-def test_sigterm_then_resume_trains_every_prompt_once_and_matches_the_uninterrupted_run(tiny_tokenizer, tmp_path):
+def test_sigterm_then_resume_trains_every_prompt_once(tiny_tokenizer, tmp_path):
+    """Not compared bit for bit with the uninterrupted run: the HF engine samples in the worker thread from torch's
+    process-wide generator (transformers generate takes no generator of its own), so its seeded stream is not
+    isolated from the training thread and two asynchronous HF runs can differ (measured: 3 of 5 repeated pairs)."""
     full, dm = make(tiny_tokenizer)
     obs_full = Observer()
     trainer(tmp_path / "full", 6, [obs_full], enable_checkpointing=False, logger=False).fit(full, dm)
@@ -181,9 +185,8 @@ def test_sigterm_then_resume_trains_every_prompt_once_and_matches_the_uninterrup
     # no prompt lost, none trained twice: the in-flight batch is the resumed run's first trained batch
     assert obs_a.trained + obs_b.trained == obs_full.trained
     assert obs_a.gaps + obs_b.gaps == obs_full.gaps
-    # seeded per job: the same rollouts and updates as the uninterrupted run
-    for (n, p), q in zip(full.policy.model.named_parameters(), resumed.policy.model.parameters()):
-        torch.testing.assert_close(p, q, atol=1e-5, rtol=0, msg=n)
+    # the batch in flight at the stop is trained as it was generated (stored in the checkpoint, not regenerated)
+    assert obs_b.rollouts[0] == inflight["rollout"]["completion_ids"]
     assert worker_threads_alive() == []
 
 
@@ -201,3 +204,15 @@ def test_settings_validate_and_default_off():
     with pytest.raises(ValueError, match="resample"):
         GRPOModule(policy=PolicyConfig(tiny=SMALL), rollout=HFEngineSettings(async_rollouts=True),
                    dynamic_sampling="resample")
+
+
+def test_several_minibatches_and_passes_count_staleness_in_training_steps(tiny_tokenizer, tmp_path):
+    module, dm = make(tiny_tokenizer, num_minibatches=2, mu=2)
+    obs = Observer()
+    t = trainer(tmp_path, 12, [obs], enable_checkpointing=False)  # 3 training steps x 4 optimizer steps
+    t.fit(module, dm)
+    assert t.global_step == 12 and len(obs.gaps) == 3
+    # the engine is 4 optimizer steps (one training step) behind the trainer: one version, in the staleness unit
+    assert obs.gaps == [0, 4, 4] and obs.reported == [0, 1, 1]
+    assert obs.trained == obs.fed[:3]
+    assert worker_threads_alive() == []

@@ -1,7 +1,14 @@
-"""Read a run's TensorBoard event files and plot the R1 signatures over training steps; tabulate evaluations.
+"""Read a run's TensorBoard event files and plot the R1 signatures over training steps or wall-clock time;
+tabulate evaluations.
 
     python -m r1lightning.analysis lightning_logs/r1/version_0 --out curves.png
+    python -m r1lightning.analysis lightning_logs/r1/version_0 --x minutes --out curves_time.png
+    # several runs on shared axes (e.g. synchronous vs asynchronous rollouts), against wall-clock minutes
+    python -m r1lightning.analysis RUN_A RUN_B --labels sync async --x minutes --out compare.png
+    # evaluation summaries of `python -m r1lightning test`, one markdown table across checkpoints
     python -m r1lightning.analysis table lightning_logs/eval/version_*/eval/summary.json [--detail]
+
+Wall-clock minutes count from the run's first logged scalar (every event carries its ``wall_time``).
 
 The notebook ``notebooks/analyze_run.ipynb`` uses the same functions.
 """
@@ -37,7 +44,8 @@ def event_files(logdir: str | os.PathLike) -> list[str]:
 
 
 def load_scalars(logdir: str | os.PathLike):
-    """All scalars of a run as a long pandas DataFrame with columns tag, step, value."""
+    """All scalars of a run as a long pandas DataFrame with columns tag, step, value, wall_time (seconds since
+    the epoch, when the value was logged)."""
     import pandas as pd
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -46,12 +54,27 @@ def load_scalars(logdir: str | os.PathLike):
         acc = EventAccumulator(path, size_guidance={"scalars": 0})
         acc.Reload()
         for tag in acc.Tags()["scalars"]:
-            rows.extend((tag, e.step, e.value) for e in acc.Scalars(tag))
-    return pd.DataFrame(rows, columns=["tag", "step", "value"])
+            rows.extend((tag, e.step, e.value, e.wall_time) for e in acc.Scalars(tag))
+    return pd.DataFrame(rows, columns=["tag", "step", "value", "wall_time"])
 
 
-def plot_run(logdir: str | os.PathLike, out: str | os.PathLike | None = None, smooth: int = 5):
-    """A grid of the panels that the run has data for; saved as PNG when ``out`` is given."""
+X_AXES = ("step", "minutes")
+
+
+def series(df, tag: str, x: str = "step"):
+    """``(x values, y values)`` of one tag, one point per step (the last logged wins, as TensorBoard shows);
+    ``x`` is ``"step"`` or ``"minutes"`` (wall-clock since the run's first scalar)."""
+    if x not in X_AXES:
+        raise ValueError(f"x must be one of {X_AXES}, got {x!r}")
+    s = df[df["tag"] == tag].sort_values(["step", "wall_time"]).drop_duplicates("step", keep="last")
+    if x == "step":
+        return s["step"], s["value"]
+    return (s["wall_time"] - df["wall_time"].min()) / 60.0, s["value"]
+
+
+def plot_run(logdir: str | os.PathLike, out: str | os.PathLike | None = None, smooth: int = 5, x: str = "step"):
+    """A grid of the panels that the run has data for, against ``x`` ("step" or "minutes" of wall-clock);
+    saved as PNG when ``out`` is given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,24 +82,23 @@ def plot_run(logdir: str | os.PathLike, out: str | os.PathLike | None = None, sm
 
     df = load_scalars(logdir)
     tags = set(df["tag"])
-    panels = [(title, [(t, l) for t, l in series if t in tags]) for title, series in PANELS]
-    panels = [(title, series) for title, series in panels if series]
+    panels = [(title, [(t, l) for t, l in curves if t in tags]) for title, curves in PANELS]
+    panels = [(title, curves) for title, curves in panels if curves]
     if not panels:
         raise ValueError(f"{str(logdir)!r} has none of the tags this plot knows: {sorted(tags)[:10]} ...")
     cols = 3 if len(panels) > 4 else 2
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
-    for ax, (title, series) in zip(axes.flat, panels):
-        for tag, label in series:
-            s = df[df["tag"] == tag].sort_values("step").drop_duplicates("step", keep="last")
-            y = s["value"]
-            if tag.startswith("train/") and smooth > 1 and len(s) > smooth:
+    for ax, (title, curves) in zip(axes.flat, panels):
+        for tag, label in curves:
+            xs, y = series(df, tag, x)
+            if tag.startswith("train/") and smooth > 1 and len(y) > smooth:
                 y = y.rolling(smooth, min_periods=1).mean()
                 label = f"{label} (avg {smooth})"
             marker = "o" if tag.startswith("val/") else None
-            ax.plot(s["step"], y, label=label, marker=marker)
+            ax.plot(xs, y, label=label, marker=marker)
         ax.set_title(title)
-        ax.set_xlabel("step")
+        ax.set_xlabel("wall-clock minutes" if x == "minutes" else "step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(panels):]:
@@ -157,6 +179,45 @@ def eval_table(summaries: list[dict], detail: bool = False) -> str:
     return "\n".join(lines)
 
 
+COMPARE_TAGS = ("val/pass@1", "train/reward", "train/accuracy")
+
+
+def compare_runs(logdirs: list, labels: list[str] | None = None, out: str | os.PathLike | None = None,
+                 x: str = "minutes", tags: tuple[str, ...] = COMPARE_TAGS, smooth: int = 5):
+    """One panel per tag, one curve per run, against ``x`` (wall-clock minutes by default: which run gets
+    there first). Tags no run has are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(labels) if labels else [str(d) for d in logdirs]
+    if len(labels) != len(logdirs):
+        raise ValueError(f"{len(labels)} labels for {len(logdirs)} runs")
+    frames = [load_scalars(d) for d in logdirs]
+    tags = [t for t in tags if any(t in set(df["tag"]) for df in frames)]
+    if not tags:
+        raise ValueError("none of the runs has any of the tags to compare")
+    fig, axes = plt.subplots(1, len(tags), figsize=(5 * len(tags), 3.6), squeeze=False)
+    for ax, tag in zip(axes.flat, tags):
+        for df, label in zip(frames, labels):
+            xs, y = series(df, tag, x)
+            if not len(y):
+                continue
+            if tag.startswith("train/") and smooth > 1 and len(y) > smooth:
+                y = y.rolling(smooth, min_periods=1).mean()
+            ax.plot(xs, y, label=label, marker="o" if tag.startswith("val/") else None)
+        ax.set_title(tag + (f" (avg {smooth})" if tag.startswith("train/") and smooth > 1 else ""))
+        ax.set_xlabel("wall-clock minutes" if x == "minutes" else "step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110)
+    return fig
+
+
 def main(argv: list[str] | None = None) -> None:
     import sys
 
@@ -170,11 +231,18 @@ def main(argv: list[str] | None = None) -> None:
         print(eval_table(load_summaries(targs.summaries), detail=targs.detail))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("logdir", help="a run folder (or any folder above its event files)")
+    parser.add_argument("logdir", nargs="+", help="a run folder (or any folder above its event files); several "
+                        "folders draw one comparison figure")
     parser.add_argument("--out", default="curves.png", help="PNG to write")
     parser.add_argument("--smooth", type=int, default=5, help="moving average window for train/* curves")
+    parser.add_argument("--x", choices=X_AXES, default="step", help="x axis: optimizer step or wall-clock minutes")
+    parser.add_argument("--labels", nargs="+", help="legend names of the runs (several folders)")
+    parser.add_argument("--tags", nargs="+", default=list(COMPARE_TAGS), help="tags compared (several folders)")
     args = parser.parse_args(argv)
-    plot_run(args.logdir, args.out, args.smooth)
+    if len(args.logdir) == 1:
+        plot_run(args.logdir[0], args.out, args.smooth, args.x)
+    else:
+        compare_runs(args.logdir, args.labels, args.out, args.x, tuple(args.tags), args.smooth)
     print(args.out)
 
 

@@ -30,6 +30,12 @@ Choices and departures, all deliberate:
 - Half-precision inputs are upcast to float32; float64 stays float64.
 - No clamping of log-ratios (verl clamps to +-20): an exploding ratio is a real divergence and
   should be visible, not hidden.
+- Off-policy rollouts (asynchronous rollouts, or an engine whose numerics differ from the trainer's):
+  the *decoupled* objective of AReaL (Fu et al. 2025, eq. 5) with verl's truncated importance weight
+  (``tis_imp_ratio_cap``; Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy
+  RL training"): the PPO ratio is taken against pi_old recomputed by the trainer (the proximal policy),
+  and each token's loss is multiplied by ``min(pi_old / pi_behaviour, C)``, pi_behaviour being the
+  engine's sampling log-probs (:func:`truncated_importance_weights`).
 """
 
 from __future__ import annotations
@@ -230,6 +236,53 @@ def aggregate_loss(
     return masked.sum() / (seqs * (max(length, 1) if max_len is None else max_len))
 
 
+def truncated_importance_weights(
+    old_logp: Tensor,
+    behaviour_logp: Tensor,
+    mask: Tensor,
+    cap: float = 2.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-token truncated importance weight ``min(pi_old(o_t) / pi_behaviour(o_t), cap)``, detached.
+
+    The token-level correction for completions sampled by another policy than the one the PPO ratio is
+    taken against: an asynchronous engine one policy version behind, or an engine whose kernels differ
+    from the trainer's. verl multiplies the per-token policy-gradient loss by it (``tis_imp_ratio_cap``,
+    default 2); AReaL's decoupled PPO uses the same weight with pi_old the *proximal* policy (the trainer's
+    weights when the step starts). Truncating from above bounds the variance a rare token with a tiny
+    behaviour probability would otherwise add (the weight is unbounded); there is no lower truncation
+    (a small weight only shrinks that token's gradient).
+
+    Args:
+        old_logp: ``(B, T)`` log pi_old(o_t), the trainer's log-probs before this step's updates.
+        behaviour_logp: ``(B, T)`` log pi_behaviour(o_t), the engine's sampling log-probs.
+        mask: ``(B, T)`` completion tokens.
+        cap: upper truncation ``C`` (> 0).
+
+    Returns:
+        ``(weights, stats)``: ``(B, T)`` weights, no gradient, exactly 0 where ``mask`` is 0 (whatever the
+        inputs hold there). Stats (detached scalars over masked tokens, 0 when there are none): ``tis_mean``,
+        ``tis_max`` (before truncation, so a blow-up is visible), ``tis_min``, ``tis_truncated`` (fraction
+        of tokens whose weight was cut to ``cap``).
+    """
+    if not cap > 0:
+        raise ValueError(f"the truncation cap must be > 0, got {cap!r}")
+    _check_bt("old_logp", old_logp, mask)
+    _check_bt("behaviour_logp", behaviour_logp, mask)
+    mask = mask.bool()
+    with torch.no_grad():
+        log_w = torch.where(mask, _f32(old_logp) - _f32(behaviour_logp), 0)  # (B, T)
+        raw = torch.exp(log_w)  # (B, T)
+        weights = torch.where(mask, torch.clamp(raw, max=cap), 0)  # (B, T)
+        any_tok = bool(mask.any())
+        stats = {
+            "tis_mean": _masked_mean(weights, mask),
+            "tis_max": raw[mask].max() if any_tok else raw.new_zeros(()),
+            "tis_min": raw[mask].min() if any_tok else raw.new_zeros(()),
+            "tis_truncated": _masked_mean((raw > cap).to(raw.dtype), mask),
+        }
+    return weights, stats
+
+
 def grpo_loss(
     logp: Tensor,
     old_logp: Tensor | None,
@@ -245,8 +298,11 @@ def grpo_loss(
     max_len: int | None = None,
     total_tokens: float | Tensor | None = None,
     num_sequences: int | None = None,
+    behaviour_logp: Tensor | None = None,
+    tis_cap: float = 2.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """The GRPO loss: per token ``-surrogate + beta * KL(pi || pi_ref)``, then aggregated.
+    """The GRPO loss: per token ``-w_t * surrogate + beta * KL(pi || pi_ref)``, then aggregated
+    (``w_t = 1`` unless ``behaviour_logp`` is given).
 
     Args:
         logp: ``(B, T)`` log pi(o_t) under the current policy (carries the gradient).
@@ -262,24 +318,38 @@ def grpo_loss(
         epsilon_low, epsilon_high, delta: see :func:`clipped_surrogate` (R1 Nature: 10, 10).
         loss_agg: see :func:`aggregate_loss` (R1 / GRPO: ``"grpo"``).
         max_len, total_tokens, num_sequences: step-wide normalisers, see :func:`aggregate_loss`.
+        behaviour_logp: ``(B, T)`` log-probs of the policy that *sampled* the completions (the engine's),
+            or None (on-policy: the sampler is pi_old). Given, the surrogate of each token is weighted by
+            :func:`truncated_importance_weights` ``(old_logp, behaviour_logp, mask, tis_cap)`` (decoupled
+            PPO); the KL term is not weighted (it is an estimate under the current policy's own samples
+            in GRPO as in verl). Needs ``old_logp``.
+        tis_cap: truncation of those weights.
 
     Returns:
         ``(loss, stats)``: scalar loss; stats (detached scalars): ``policy_loss`` (the surrogate
         part, aggregated like the loss, so it also sums over micro-batches), ``kl`` (mean k-estimate
         over masked tokens, when ``ref_logp`` is given), the clip fractions and ratio stats of
         :func:`clipped_surrogate`, and ``num_tokens`` (this call's masked token count, to weight
-        the per-token means when combining micro-batches).
+        the per-token means when combining micro-batches); with ``behaviour_logp`` also the
+        ``tis_*`` stats of :func:`truncated_importance_weights`.
     """
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
     if beta > 0 and ref_logp is None:
         raise ValueError(f"beta={beta} > 0 needs ref_logp (reference model log-probabilities)")
+    if behaviour_logp is not None and old_logp is None:
+        raise ValueError("behaviour_logp needs old_logp (pi_old recomputed by the trainer): the importance weight "
+                         "is pi_old / pi_behaviour")
     if old_logp is None:
         old_logp = logp.detach()
     mask = mask.bool()
     policy_tok, stats = clipped_surrogate(
         logp, old_logp, advantages, mask, epsilon_low=epsilon_low, epsilon_high=epsilon_high, delta=delta
     )  # (B, T)
+    if behaviour_logp is not None:
+        weights, tis_stats = truncated_importance_weights(old_logp, behaviour_logp, mask, tis_cap)  # (B, T)
+        policy_tok = policy_tok * weights  # (B, T); weights are 0 on padding, where policy_tok is 0 too
+        stats.update(tis_stats)
     per_token = policy_tok
     norms = dict(max_len=max_len, total_tokens=total_tokens, num_sequences=num_sequences)
     if ref_logp is not None:

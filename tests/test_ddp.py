@@ -50,6 +50,26 @@ def test_grpo_ddp_two_ranks_trains_and_resumes(tmp_path):
     assert torch.load(ckpts[-1], map_location="cpu", weights_only=False)["global_step"] == 4
 
 
+ASYNC = ["--model.init_args.rollout",
+         '{"class_path": "r1lightning.rollout.HFEngineSettings", "init_args": {"async_rollouts": true, "max_staleness": 1}}']
+
+
+@pytest.mark.slow
+def test_grpo_ddp_two_ranks_async_rollouts_checkpoint_both_ranks_batches_in_flight(tmp_path):
+    fit(tmp_path, 2, *ASYNC)
+    ckpts = sorted(glob.glob(str(tmp_path / "ckpt" / "*.ckpt")))
+    state = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
+    assert state["global_step"] == 2
+    # the pipeline-filling step took one batch more per rank: 3 consumed, 2 trained, one in flight on each rank
+    assert state["PromptDataModule"]["consumed_batches"] == 3
+    inflight = state["r1lightning_grpo"]["inflight"]
+    assert len(inflight) == 2 and all(s is not None for s in inflight)
+    assert inflight[0]["prompt_ids"] != inflight[1]["prompt_ids"]  # each rank's own shard, gathered into rank 0's file
+    fit(tmp_path, 4, *ASYNC, "--ckpt_path", ckpts[-1])
+    ckpts = sorted(glob.glob(str(tmp_path / "ckpt" / "*.ckpt")), key=os.path.getmtime)
+    assert torch.load(ckpts[-1], map_location="cpu", weights_only=False)["global_step"] == 4
+
+
 WORKER = ROOT / "tests" / "ddp_grpo_worker.py"
 
 

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Categorical, kl_divergence
 
-from r1lightning.losses import aggregate_loss, clipped_surrogate, grpo_loss, kd_loss, kl_estimate
+from r1lightning.losses import (aggregate_loss, clipped_surrogate, grpo_loss, kd_loss, kl_estimate,
+                                 truncated_importance_weights)
 
 LN = math.log
 
@@ -530,3 +531,124 @@ def test_kd_edges():
         kd_loss(logits, logits[..., :5], mask)
     with pytest.raises(ValueError, match="mask"):
         kd_loss(logits, logits, mask[:, :2])
+
+
+# ---------------------------------------------------------------- truncated importance weights (async rollouts)
+def _tis_case():
+    """Two completions of 3 and 2 tokens; pi_old / pi_behaviour per token written as probabilities."""
+    old = torch.tensor([[0.5, 0.2, 0.1], [0.3, 0.6, 0.7]]).log()
+    beh = torch.tensor([[0.4, 0.4, 0.01], [0.3, 0.1, 0.9]]).log()
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    return old, beh, mask
+
+
+def test_tis_weights_hand():
+    old, beh, mask = _tis_case()
+    w, stats = truncated_importance_weights(old, beh, mask, cap=2.0)
+    # raw ratios: 0.5/0.4 = 1.25, 0.2/0.4 = 0.5, 0.1/0.01 = 10 -> cut to 2; 0.3/0.3 = 1, 0.6/0.1 = 6 -> cut to 2;
+    # the third token of row 2 is padding -> 0
+    _close(w, torch.tensor([[1.25, 0.5, 2.0], [1.0, 2.0, 0.0]]), atol=1e-5)
+    _close(stats["tis_mean"], (1.25 + 0.5 + 2 + 1 + 2) / 5, atol=1e-6)  # 6.75 / 5 = 1.35
+    _close(stats["tis_max"], 10.0, atol=1e-4)  # before truncation
+    _close(stats["tis_min"], 0.5, atol=1e-6)
+    _close(stats["tis_truncated"], 2 / 5)  # 10 and 6 were cut
+    assert not w.requires_grad
+
+
+def test_grpo_loss_with_behaviour_hand():
+    old, beh, mask = _tis_case()
+    logp = old.clone().requires_grad_(True)  # first pass: pi = pi_old, the PPO ratio is 1 (nothing clipped)
+    adv = torch.tensor([1.0, -2.0])
+    loss, stats = grpo_loss(logp, old, None, adv, mask, behaviour_logp=beh, tis_cap=2.0, loss_agg="grpo")
+    # per token -w * rho * A: row 1 -(1.25 + 0.5 + 2) * 1 / 3 tokens = -1.25; row 2 -(1 + 2) * (-2) / 2 = +3
+    # grpo aggregation: (-1.25 + 3) / 2 sequences = 0.875
+    _close(loss, 0.875, atol=1e-5)
+    _close(stats["policy_loss"], 0.875, atol=1e-5)
+    loss.backward()
+    # d/dlogp of -w * exp(logp - old) * A / (n_i * B) at logp = old: -w * A / (n_i * 2)
+    want = torch.tensor([[-1.25 / 6, -0.5 / 6, -2.0 / 6], [2.0 / 4, 4.0 / 4, 0.0]])
+    _close(logp.grad, want, atol=1e-5)
+    _close(stats["tis_mean"], 1.35, atol=1e-6)
+
+
+def _tis_loop(old, beh, mask, cap):
+    out = torch.zeros_like(old, dtype=torch.float64)
+    for b in range(old.shape[0]):
+        for t in range(old.shape[1]):
+            if mask[b, t]:
+                out[b, t] = min(math.exp(float(old[b, t]) - float(beh[b, t])), cap)
+    return out
+
+
+@pytest.mark.parametrize("cap", [0.5, 1.0, 2.0, 10.0])
+def test_tis_weights_match_loop(cap):
+    g = torch.Generator().manual_seed(3)
+    old = -torch.rand(5, 7, generator=g, dtype=torch.float64) * 4
+    beh = old + torch.randn(5, 7, generator=g, dtype=torch.float64)
+    mask = torch.rand(5, 7, generator=g) > 0.3
+    w, stats = truncated_importance_weights(old, beh, mask, cap)
+    want = _tis_loop(old, beh, mask, cap)
+    _close(w, want, atol=1e-12)
+    raw = [math.exp(float(old[b, t] - beh[b, t])) for b in range(5) for t in range(7) if mask[b, t]]
+    _close(stats["tis_mean"], float(want.sum()) / len(raw), atol=1e-12)
+    _close(stats["tis_max"], max(raw), atol=1e-9)
+    _close(stats["tis_truncated"], sum(r > cap for r in raw) / len(raw), atol=1e-12)
+
+
+def test_grpo_loss_with_behaviour_matches_loop():
+    # several passes (logp != old): per token -w * min(rho A, clip(rho) A), w from the loop above
+    g = torch.Generator().manual_seed(5)
+    old = -torch.rand(4, 6, generator=g, dtype=torch.float64) * 3
+    logp = (old + 0.3 * torch.randn(4, 6, generator=g, dtype=torch.float64)).requires_grad_(True)
+    beh = old + 0.5 * torch.randn(4, 6, generator=g, dtype=torch.float64)
+    adv = torch.randn(4, generator=g, dtype=torch.float64)
+    mask = torch.rand(4, 6, generator=g) > 0.2
+    loss, _ = grpo_loss(logp, old, None, adv, mask, behaviour_logp=beh, tis_cap=1.5, loss_agg="token_mean")
+    w = _tis_loop(old, beh, mask, 1.5)
+    total, n = 0.0, 0
+    for b in range(4):
+        for t in range(6):
+            if mask[b, t]:
+                rho = math.exp(float(logp.detach()[b, t] - old[b, t]))
+                a = float(adv[b])
+                total += -w[b, t] * min(rho * a, min(max(rho, 0.8), 1.2) * a)
+                n += 1
+    _close(loss, total / n, atol=1e-10)
+
+
+def test_tis_edges():
+    old, beh, mask = _tis_case()
+    # behaviour == pi_old (synchronous, matching engine): every weight 1, the loss is the unweighted one
+    w, stats = truncated_importance_weights(old, old, mask)
+    _close(w, mask.float())
+    logp = old + 0.1
+    plain, _ = grpo_loss(logp, old, None, torch.tensor([1.0, -1.0]), mask)
+    weighted, _ = grpo_loss(logp, old, None, torch.tensor([1.0, -1.0]), mask, behaviour_logp=old)
+    _close(weighted, plain, atol=1e-7)
+    # fully masked: zero weights and zero stats, no NaN
+    w, stats = truncated_importance_weights(old, beh, torch.zeros_like(mask))
+    assert float(w.abs().sum()) == 0.0 and all(float(v) == 0.0 for v in stats.values())
+    # garbage at padding (inf / NaN behaviour log-probs) never reaches the weights, the loss or the gradient
+    beh_bad = beh.clone()
+    beh_bad[1, 2] = float("-inf")
+    old_bad = old.clone()
+    old_bad[1, 2] = float("nan")
+    w, stats = truncated_importance_weights(old_bad, beh_bad, mask, 2.0)
+    assert torch.isfinite(w).all() and float(w[1, 2]) == 0.0 and math.isfinite(float(stats["tis_max"]))
+    lp = old_bad.clone().requires_grad_(True)
+    loss, _ = grpo_loss(lp, old_bad, None, torch.tensor([1.0, 1.0]), mask, behaviour_logp=beh_bad)
+    loss.backward()
+    assert math.isfinite(float(loss)) and torch.isfinite(lp.grad).all()
+    # no gradient through the weights even when pi_old carries one
+    w, _ = truncated_importance_weights(old.clone().requires_grad_(True), beh, mask)
+    assert not w.requires_grad
+
+
+def test_tis_validates():
+    old, beh, mask = _tis_case()
+    with pytest.raises(ValueError, match="cap"):
+        truncated_importance_weights(old, beh, mask, cap=0.0)
+    with pytest.raises(ValueError, match="behaviour_logp"):
+        truncated_importance_weights(old, beh[:, :2], mask)
+    with pytest.raises(ValueError, match="needs old_logp"):
+        grpo_loss(old, None, None, torch.ones(2), mask, behaviour_logp=beh)

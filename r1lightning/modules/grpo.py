@@ -32,6 +32,25 @@ a rank with no rows left still takes part), gradients are all-reduced once per o
 on the other micro-batches), and the loss is normalised by the step's *global* sequence / token count,
 so a 2-rank run takes the same step as one process on the union of both ranks' rollouts.
 
+Asynchronous rollouts (``rollout.init_args.async_rollouts: true``, off by default): the engine generates
+the next rollout batch in a background thread (:mod:`r1lightning.rollout.async_worker`) while this step
+optimises on the batch the engine generated during the previous step. ``training_step`` then runs
+
+    wait      for the batch in flight (generated from the weights of one policy version ago)
+    sync      push the current weights into the (now idle) engine; VLLMRolloutRefresh verifies the push
+    submit    this step's prompts to the engine (they are trained at the next step)
+    score / advantage / prepare / optimize / log   on the waited-for batch, as above
+
+so a batch is at most one policy version (one training step that changed the weights) stale: checked on
+every trained batch against ``max_staleness`` and logged (train/async/staleness). The first step of a fit
+only fills the pipeline (no update). The loss is AReaL's decoupled PPO with verl's truncated importance
+weight (r1lightning.losses.truncated_importance_weights): the clipped ratio is taken against pi_old recomputed
+by the trainer before the step's first update, and each token's surrogate is weighted by
+min(pi_old / pi_behaviour, tis_cap), pi_behaviour being the engine's sampling log-probs. The batch in flight
+is part of the checkpoint (waited for, its rollout stored), so a resumed run trains it first: no prompt is
+lost (Lightning's data position is already past it) and none is trained twice. DAPO's ``resample`` needs
+the engine inside the step and is refused with asynchronous rollouts.
+
 Departures from the paper, all optional and off unless configured: clip-higher (separate
 epsilon_high, DAPO), dynamic sampling of zero-variance groups (DAPO), masking of truncated
 completions and the soft overlong penalty (DAPO), Dr. GRPO / token-mean loss aggregation, the
@@ -48,6 +67,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
+import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
@@ -59,6 +79,7 @@ from r1lightning.modules.base import PolicyModule, expand_columns
 from r1lightning.policy import (PackedRows, PolicyConfig, causal_lm_token_logprobs, eval_mode, pack_rows,
                                 pack_sequences, packed_token_logprobs)
 from r1lightning.rewards import WeightedReward
+from r1lightning.rollout.async_worker import RolloutJob, RolloutWorker
 from r1lightning.rollout.base import EngineSettings, RolloutBatch, RolloutEngine, SamplingSettings
 from r1lightning.rollout.hf import HFEngineSettings
 
@@ -176,6 +197,11 @@ class Trajectory:
     """Completions whose reward was not finite in float32 and was scored 0.0 instead."""
     time_rollout: float = 0.0
     time_reward: float = 0.0
+    staleness: Optional[int] = None
+    """Asynchronous rollouts: training steps that changed the weights between the sampling weights and the
+    weights at the start of the step that trains this batch (None: synchronous, always 0)."""
+    time_wait: float = 0.0
+    """Asynchronous rollouts: seconds the trainer waited for this batch's generation to finish."""
 
     @property
     def group_size(self) -> int:
@@ -227,7 +253,8 @@ class WeightedMean:
         return self.total / self.weight if self.weight else 0.0
 
 
-_TOKEN_STATS = ("kl", "clip_low", "clip_high", "clip_region", "ratio_mean", "entropy", "mismatch")
+_TOKEN_STATS = ("kl", "clip_low", "clip_high", "clip_region", "ratio_mean", "entropy", "mismatch", "tis_mean",
+                "tis_truncated")
 
 
 @dataclass
@@ -240,6 +267,7 @@ class StepStats:
     grad_norm: float = 0.0
     ratio_max: float = 0.0
     mismatch_max: float = 0.0
+    tis_max: float = 0.0
     token: dict[str, WeightedMean] = field(default_factory=lambda: {k: WeightedMean() for k in _TOKEN_STATS})
     time_train: float = 0.0
 
@@ -251,6 +279,7 @@ class StepStats:
         self.grad_norm += other.grad_norm
         self.ratio_max = max(self.ratio_max, other.ratio_max)
         self.mismatch_max = max(self.mismatch_max, other.mismatch_max)
+        self.tis_max = max(self.tis_max, other.tis_max)
         for k, wm in other.token.items():
             self.token[k].total += wm.total
             self.token[k].weight += wm.weight
@@ -383,6 +412,9 @@ class GRPOModule(PolicyModule):
         if not isinstance(self.rollout_settings, EngineSettings):
             raise TypeError(f"rollout must be an engine settings object (r1lightning.rollout.HFEngineSettings or "
                             f"VLLMEngineSettings), got {type(self.rollout_settings).__name__}")
+        if self.rollout_settings.async_rollouts and dynamic_sampling == "resample":
+            raise ValueError("dynamic_sampling='resample' regenerates groups inside the step, with the engine the "
+                             "asynchronous rollouts keep busy: use dynamic_sampling='filter' with async_rollouts")
         self.reward = WeightedReward(rewards if rewards is not None else {"accuracy": 1.0, "format": 1.0})
         self.ref_model: Optional[nn.Module] = None  # built in configure_model when beta > 0 (and no LoRA)
         self.engine: Optional[RolloutEngine] = None
@@ -395,6 +427,11 @@ class GRPOModule(PolicyModule):
         self._ref_period = 0  # index of the ref_refresh_steps period the reference was last refreshed in
         self._policy_version = 0  # applied optimizer steps of the policy (checkpointed)
         self._engine_version: Optional[int] = None  # policy version the engine's weights are (None: unknown)
+        # asynchronous rollouts (all checkpointed except the worker thread)
+        self._worker: Optional[RolloutWorker] = None
+        self._inflight: Optional[RolloutJob] = None  # the batch being generated (or generated) for the next step
+        self._rollout_version = 0  # training steps that changed the weights: the unit of staleness
+        self._rollouts_submitted = 0  # seeds each asynchronous job's sampling
 
     # ---------------------------------------------------------------- model set-up
     def configure_model(self) -> None:
@@ -418,7 +455,10 @@ class GRPOModule(PolicyModule):
         checkpoint["r1lightning_grpo"] = {"ref_period": self._ref_period, "tokens_seen": self._tokens_seen,
                                           "skipped_steps": self._skipped_steps,
                                           "nonfinite_rewards": self._nonfinite_rewards,
-                                          "policy_version": self._policy_version}
+                                          "policy_version": self._policy_version,
+                                          "rollout_version": self._rollout_version,
+                                          "rollouts_submitted": self._rollouts_submitted,
+                                          "inflight": self._inflight_states()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("r1lightning_grpo", {})
@@ -429,6 +469,53 @@ class GRPOModule(PolicyModule):
         # the restored weights are this version; an engine built after the restore holds them, an older one does not
         self._policy_version = int(state.get("policy_version", 0))
         self._engine_version = None
+        self._rollout_version = int(state.get("rollout_version", 0))
+        self._rollouts_submitted = int(state.get("rollouts_submitted", 0))
+        inflight = state.get("inflight") or []
+        self._inflight = None
+        if any(s is not None for s in inflight):
+            if len(inflight) != self._world_size:
+                log.warning("the checkpoint holds in-flight rollout batches of %d rank(s), this run has %d: they are "
+                            "dropped (their prompts will not be trained)", len(inflight), self._world_size)
+            elif inflight[self.global_rank] is not None:
+                self._inflight = RolloutJob.from_state_dict(inflight[self.global_rank])
+            if not self._async:
+                log.warning("the checkpoint holds a rollout batch generated ahead by asynchronous rollouts; this run "
+                            "is synchronous, so it is dropped (its prompts will not be trained)")
+                self._inflight = None
+
+    def _inflight_states(self) -> list:
+        """Every rank's in-flight batch (waited for) as plain data, gathered so rank 0's checkpoint holds them all:
+        Lightning's data position is already past these prompts, so without them a resume would lose them."""
+        if self._inflight is None and not self._async:
+            return []
+        mine = self._inflight.state_dict() if self._inflight is not None else None  # waits for the worker
+        if self._world_size <= 1:
+            return [mine]
+        states = [None] * self._world_size
+        torch.distributed.all_gather_object(states, mine)
+        return states
+
+    # ---------------------------------------------------------------- asynchronous rollouts
+    @property
+    def _async(self) -> bool:
+        return bool(getattr(self.rollout_settings, "async_rollouts", False))
+
+    def stop_rollout_worker(self) -> None:
+        """Stop the worker thread: a job not started is cancelled, a running one finishes first (call
+        ``_drain_worker`` before to keep its rollout). Idempotent; called at the end of training, at teardown
+        and on any exception, so no thread outlives a fit."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.close()
+
+    def _drain_worker(self) -> None:
+        """The engine is about to be used by this thread (evaluation, a push): let the job in flight finish."""
+        if self._worker is not None:
+            self._worker.wait()
+
+    def configure_callbacks(self):
+        return [_RolloutWorkerShutdown()] if self._async else []
 
     def refresh_reference(self) -> None:
         """pi_ref <- pi_theta (R1 replaces the reference every 400 steps)."""
@@ -495,9 +582,15 @@ class GRPOModule(PolicyModule):
     def on_train_end(self) -> None:
         if self._last_eval_step != self.global_step:
             self.heldout_eval()  # the "after" point
+        self._drain_worker()  # the batch in flight stays (finished) for a checkpoint written after this
+        self.stop_rollout_worker()
+
+    def teardown(self, stage: str) -> None:
+        self.stop_rollout_worker()
 
     def eval_engine(self) -> RolloutEngine:
         """Evaluation samples through the rollout engine, synced first (the trainer's current weights)."""
+        self._drain_worker()
         self.sync_engine("eval")
         return self.engine
 
@@ -514,15 +607,26 @@ class GRPOModule(PolicyModule):
         return contextlib.nullcontext()
 
     # ---------------------------------------------------------------- the algorithm
-    def training_step(self, batch: dict, batch_idx: int) -> dict:
-        self.maybe_refresh_reference()
-        traj = self.rollout_and_score(batch["prompt_ids"], batch["columns"])
-        t0 = time.perf_counter()
-        minibatches = self.prepare(traj)
-        stats = self.optimize(minibatches)
-        stats.time_train = time.perf_counter() - t0
-        self.log_step(traj, stats)
-        return {"trajectory": traj, "minibatches": minibatches}
+    def training_step(self, batch: dict, batch_idx: int) -> Optional[dict]:
+        try:
+            self.maybe_refresh_reference()
+            if self._async:
+                traj = self.async_rollout_and_score(batch["prompt_ids"], batch["columns"])
+                if traj is None:
+                    return None  # the first step of a fit only fills the pipeline
+            else:
+                traj = self.rollout_and_score(batch["prompt_ids"], batch["columns"])
+            t0 = time.perf_counter()
+            minibatches = self.prepare(traj)
+            stats = self.optimize(minibatches)
+            stats.time_train = time.perf_counter() - t0
+            if stats.optimizer_steps:
+                self._rollout_version += 1
+            self.log_step(traj, stats)
+            return {"trajectory": traj, "minibatches": minibatches}
+        except BaseException:
+            self.stop_rollout_worker()
+            raise
 
     def maybe_refresh_reference(self) -> None:
         hp = self.hparams
@@ -540,13 +644,54 @@ class GRPOModule(PolicyModule):
 
     def rollout_and_score(self, prompt_ids: list[list[int]], columns: dict[str, list]) -> Trajectory:
         """Phases sync -> rollout -> score -> advantages (DAPO regeneration of zero-variance groups when asked)."""
-        hp, g = self.hparams, self.sampling.n
         engine = self.rollout_engine()
         self.sync_engine("rollout")
         sampling = self._step_sampling()
         t0 = time.perf_counter()
         out = engine.generate(prompt_ids, sampling)
         t_gen = time.perf_counter() - t0
+        return self.score(out, prompt_ids, columns, sampling, t_gen, self._policy_version)
+
+    def async_rollout_and_score(self, prompt_ids: list[list[int]], columns: dict[str, list]) -> Optional[Trajectory]:
+        """Asynchronous phases wait -> sync -> submit this batch -> score the batch generated during the previous
+        step (None on the first step of a fit, which only fills the pipeline)."""
+        engine = self.rollout_engine()
+        if self._worker is None:
+            self._worker = RolloutWorker(engine, split_threads=self.device.type == "cpu")
+        done, t_wait = self._inflight, 0.0
+        if done is not None:
+            t0 = time.perf_counter()
+            done.result()
+            t_wait = time.perf_counter() - t0
+        self.sync_engine("rollout")  # the worker is idle: the one point where weights go in
+        sampling = self.sampling
+        if sampling.seed is not None:  # per job and rank: a resumed run samples what the uninterrupted one would
+            sampling = dataclasses.replace(sampling, seed=sampling.seed + 1_000_003 * self._rollouts_submitted
+                                           + self.global_rank)
+        # the engine's sampling log-probs are the behaviour policy of the importance weight
+        sampling = dataclasses.replace(sampling, logprobs=True)
+        self._inflight = self._worker.submit(RolloutJob(
+            prompt_ids=list(prompt_ids), columns=columns, sampling=sampling, policy_version=self._engine_version,
+            rollout_version=self._rollout_version))
+        self._rollouts_submitted += 1
+        if done is None:
+            return None
+        staleness = self._rollout_version - done.rollout_version
+        bound = self.rollout_settings.max_staleness
+        if not 0 <= staleness <= bound:
+            raise RuntimeError(f"asynchronous rollouts: a batch sampled at policy version {done.rollout_version} "
+                               f"would be trained at version {self._rollout_version}, beyond max_staleness={bound}")
+        out, t_gen = done.result()
+        traj = self.score(out, done.prompt_ids, done.columns, done.sampling, t_gen, done.policy_version)
+        traj.staleness, traj.time_wait = staleness, t_wait
+        return traj
+
+    def score(self, out: RolloutBatch, prompt_ids: list[list[int]], columns: dict[str, list],
+              sampling: SamplingSettings, t_gen: float, policy_version: int) -> Trajectory:
+        """Phases score -> advantages of a generated rollout (regenerating zero-variance groups for DAPO
+        'resample', with ``sampling``)."""
+        hp, g = self.hparams, self.sampling.n
+        engine = self.engine
         t0 = time.perf_counter()
         total, per_fn = self.reward(out.texts, **expand_columns(columns, g))
         t_reward = time.perf_counter() - t0
@@ -588,7 +733,7 @@ class GRPOModule(PolicyModule):
         if hp.mask_truncated:
             loss_rows &= ~torch.tensor(out.truncated, dtype=torch.bool)
         return Trajectory(rollout=out, columns=columns, rewards=rewards, per_fn=per_fn, advantages=adv,
-                          loss_rows=loss_rows, policy_version=self._policy_version, adv_stats=astats,
+                          loss_rows=loss_rows, policy_version=policy_version, adv_stats=astats,
                           penalty=penalty, resampled_groups=resampled, time_rollout=t_gen, time_reward=t_reward,
                           nonfinite_rewards=nonfinite)
 
@@ -623,7 +768,8 @@ class GRPOModule(PolicyModule):
         # every rank runs the largest micro-batch count of each mini-batch; the loss normalisers are global sums
         n_micro = self._reduce(counts[0::3], "max")
         n_seq, n_tok = self._split(self._reduce(counts[1::3] + counts[2::3], "sum"))
-        need_old = hp.mu > 1 or hp.num_minibatches > 1
+        # asynchronous rollouts: the ratio is against pi_old recomputed here (decoupled PPO), not the stale sampler
+        need_old = hp.mu > 1 or hp.num_minibatches > 1 or self._async
         minibatches, padding = [], None
         for groups, layout, mb_micro, mb_seq, mb_tok in zip(local, layouts, n_micro, n_seq, n_tok):
             if mb_seq == 0:  # no rank has a row to learn from: every rank skips this optimizer step
@@ -707,7 +853,7 @@ class GRPOModule(PolicyModule):
                             logp, m.old_logp, m.ref_logp, m.adv, m.cmask, beta=hp.beta, kl_kind=hp.kl_estimator,
                             epsilon_low=hp.epsilon_low, epsilon_high=hp.epsilon_high, loss_agg=hp.loss_aggregation,
                             max_len=self.sampling.max_new_tokens, total_tokens=mb.num_tokens,
-                            num_sequences=mb.num_sequences,
+                            num_sequences=mb.num_sequences, **self._behaviour(m),
                         )
                         # the normalisers are global; DDP averages gradients over ranks, so undo its 1/W
                         self.manual_backward(loss * world)
@@ -728,6 +874,12 @@ class GRPOModule(PolicyModule):
                 part.optimizer_steps = 1
                 stats.merge(part)
         return stats
+
+    def _behaviour(self, m: MicroBatch) -> dict:
+        """grpo_loss arguments of the truncated importance weight (asynchronous rollouts only)."""
+        if not self._async:
+            return {}
+        return {"behaviour_logp": m.engine_logp, "tis_cap": self.rollout_settings.tis_cap}
 
     def _step_is_finite(self, loss: float, grad_norm: float) -> bool:
         """Whether to apply this optimizer step: its loss and gradient norm are finite on every rank. The
@@ -755,10 +907,11 @@ class GRPOModule(PolicyModule):
                     first_pass: bool) -> None:
         w = float(m.cmask.sum())
         tok = stats.token
-        for k in ("kl", "clip_low", "clip_high", "clip_region", "ratio_mean"):
+        for k in ("kl", "clip_low", "clip_high", "clip_region", "ratio_mean", "tis_mean", "tis_truncated"):
             if k in lstats:
                 tok[k].add(float(lstats[k]), w)
         stats.ratio_max = max(stats.ratio_max, float(lstats.get("ratio_max", 0.0)))
+        stats.tis_max = max(stats.tis_max, float(lstats.get("tis_max", 0.0)))
         tok["entropy"].add(float((entropy * m.cmask).sum() / max(w, 1.0)), w)
         if first_pass and m.engine_logp is not None:
             # pi_old as the trainer computes it vs the engine's sampling log-probs of the same tokens (before any
@@ -809,7 +962,8 @@ class GRPOModule(PolicyModule):
             sums[f"fn.{name}.failures"] = float(self.reward.failures.get(name, 0))
             sums[f"fn.{name}.timeouts"] = float(self.reward.timeouts.get(name, 0))
         maxes = {"length_max": max(lengths), "ratio_max": stats.ratio_max, "mismatch_max": stats.mismatch_max,
-                 "time/rollout": traj.time_rollout, "time/reward": traj.time_reward, "time/train": stats.time_train}
+                 "time/rollout": traj.time_rollout, "time/reward": traj.time_reward, "time/train": stats.time_train,
+                 "tis_max": stats.tis_max, "staleness": float(traj.staleness or 0), "time/wait": traj.time_wait}
         mins = {"length_min": min(lengths)}
         keys_s, keys_x, keys_n = sorted(sums), sorted(maxes), sorted(mins)
         s = dict(zip(keys_s, self._reduce([sums[k] for k in keys_s], "sum")))
@@ -861,6 +1015,12 @@ class GRPOModule(PolicyModule):
         if out.logprobs is not None:
             metrics["logprob_mismatch/mean"] = tmean["mismatch"]
             metrics["logprob_mismatch/max"] = x["mismatch_max"]
+        if traj.staleness is not None:
+            metrics["async/staleness"] = x["staleness"]  # policy versions behind, the largest over ranks
+            metrics["async/tis_mean"] = tmean["tis_mean"]  # truncated importance weight pi_old / pi_behaviour
+            metrics["async/tis_max"] = x["tis_max"]  # before truncation
+            metrics["async/tis_truncated"] = tmean["tis_truncated"]  # share of tokens cut to tis_cap
+            metrics["time/wait"] = x["time/wait"]  # the trainer waiting for the engine (0 when fully overlapped)
         if self.hparams.dynamic_sampling == "resample":
             metrics["resampled_groups"] = s["resampled"]
         if self.hparams.overlong_buffer > 0:
@@ -918,3 +1078,13 @@ class GRPOModule(PolicyModule):
     def on_test_epoch_end(self) -> None:
         self.log_sampled_eval("test")
 
+
+
+class _RolloutWorkerShutdown(pl.Callback):
+    """Stops the module's rollout worker on any exception of the fit (Lightning calls ``on_exception`` on
+    callbacks, not on the module): a SIGTERM stop, a failing callback, an interrupted validation."""
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        stop = getattr(pl_module, "stop_rollout_worker", None)
+        if callable(stop):
+            stop()

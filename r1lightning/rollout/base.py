@@ -82,6 +82,9 @@ class RolloutEngine(ABC):
     @abstractmethod
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> RolloutBatch: ...
 
+    def close(self) -> None:
+        """Release what the engine holds (nothing by default)."""
+
     def update_weights(self, policy) -> dict:
         """Push the policy's current weights; returns ``{"seconds", "bytes", "tensors", ...}`` ({} = nothing to do)."""
         return {}
@@ -99,6 +102,36 @@ class EngineSettings:
     arguments as attributes of the same names; equality and ``repr`` follow those attributes, so
     settings restored from a checkpoint's hyperparameters compare equal to the originals.
     """
+
+    # Asynchronous rollouts (class defaults: settings pickled before these existed still load, synchronous).
+    async_rollouts: bool = False
+    max_staleness: int = 1
+    tis_cap: float = 2.0
+
+    def _set_async(self, async_rollouts: bool, max_staleness: int, tis_cap: float) -> None:
+        """Check and keep the asynchronous-rollout arguments every engine settings class takes:
+
+        * ``async_rollouts``: the engine generates the next rollout batch in a background thread
+          (:class:`~r1lightning.rollout.async_worker.RolloutWorker`) while the trainer optimises on the
+          current one. Off by default: exact on-policy GRPO.
+        * ``max_staleness``: most policy versions (training steps that changed the weights) between the
+          weights that sampled a batch and the weights at the start of the step that trains it. The
+          pipeline keeps one batch in flight, so 1 is the only value implemented (a larger one would need
+          a weight snapshot per queued batch); it is checked on every trained batch.
+        * ``tis_cap``: truncation ``C`` of the per-token importance weight ``min(pi_old / pi_behaviour, C)``
+          (verl's ``tis_imp_ratio_cap``, default 2) that corrects for the stale sampler.
+        """
+        if not isinstance(async_rollouts, bool):
+            raise ValueError(f"async_rollouts must be true or false, got {async_rollouts!r}")
+        if isinstance(max_staleness, bool) or not isinstance(max_staleness, int) or max_staleness != 1:
+            raise ValueError(f"max_staleness={max_staleness!r}: only 1 is implemented (one rollout batch in flight "
+                             "while the trainer optimises on the previous one)")
+        if not (isinstance(tis_cap, (int, float)) and not isinstance(tis_cap, bool) and math.isfinite(tis_cap)
+                and tis_cap > 0):
+            raise ValueError(f"tis_cap must be a finite number > 0, got {tis_cap!r}")
+        self.async_rollouts = async_rollouts
+        self.max_staleness = max_staleness
+        self.tis_cap = float(tis_cap)
 
     def build(self, policy) -> RolloutEngine:
         """The engine for ``policy`` (a :class:`~r1lightning.policy.Policy`), holding its current weights."""

@@ -1,7 +1,9 @@
-"""Rollouts with Hugging Face ``generate`` on the live training model (no weight copy, no sync)."""
+"""Rollouts with Hugging Face ``generate``: on the live training model (no weight copy, no sync), or, for
+asynchronous rollouts, on a copy of it that is pushed the policy like a vLLM engine."""
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -13,16 +15,62 @@ class HFRolloutEngine(RolloutEngine):
     """Samples with the policy's own model, in chunks of ``max_batch_size`` sequences.
 
     The model is put in eval mode for generation (no dropout) and restored afterwards.
+
+    ``own_weights=True`` (asynchronous rollouts): the engine samples from its own frozen copy of the model
+    (LoRA merged), because a background thread cannot sample from the parameters the optimizer is changing
+    at the same time. It then ``holds_weights`` and is pushed the policy by ``GRPOModule.sync_engine`` like
+    the vLLM engine (:meth:`update_weights`, verified through :meth:`probe_logprobs`). It costs one more
+    copy of the weights (on the policy's device).
     """
 
-    def __init__(self, policy, max_batch_size: int = 256):
+    def __init__(self, policy, max_batch_size: int = 256, own_weights: bool = False):
         self.policy = policy
         self.max_batch_size = max_batch_size
+        self.model = None
+        if own_weights:
+            model = policy.merged_model()  # a copy under LoRA, the training model itself otherwise
+            self.model = copy.deepcopy(model) if model is policy.build() else model
+            self.model.requires_grad_(False)
+            self.model.eval()
+            self.holds_weights = True
+            self.dtype = next(self.model.parameters()).dtype
+            self.num_updates = 0
+
+    def _sampling_model(self):
+        return self.model if self.model is not None else self.policy.build()
+
+    @torch.no_grad()
+    def update_weights(self, policy) -> dict:
+        """Copy the policy's current weights (LoRA merged) into the engine's model, tensor by tensor."""
+        if self.model is None:
+            return {}
+        t0 = time.perf_counter()
+        own = self.model.state_dict()
+        tensors = nbytes = 0
+        for name, tensor in policy.merged_weights():
+            own[name].copy_(tensor)  # tied aliases arrive under each name: the same storage is written twice
+            tensors += 1
+            nbytes += tensor.numel() * tensor.element_size()
+        self.num_updates += 1
+        return {"seconds": time.perf_counter() - t0, "bytes": nbytes, "tensors": tensors,
+                "dtype": str(self.dtype).removeprefix("torch.")}
+
+    @torch.no_grad()
+    def probe_logprobs(self, token_ids: list[int]) -> list[float]:
+        """The engine model's log-prob of each token of ``token_ids`` given the ones before it (temperature 1),
+        as :meth:`VLLMRolloutEngine.probe_logprobs` (what ``VLLMRolloutRefresh`` compares with the trainer's)."""
+        if len(token_ids) < 2:
+            raise ValueError("a probe needs at least 2 tokens")
+        model = self._sampling_model()
+        device = next(model.parameters()).device
+        ids = torch.tensor([token_ids], device=device)
+        logits = model(input_ids=ids).logits[0, :-1].float()  # (L-1, V)
+        return torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None])[:, 0].tolist()
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> RolloutBatch:
         tok = self.policy.tokenizer
-        model = self.policy.build()
+        model = self._sampling_model()
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
@@ -96,16 +144,25 @@ class HFRolloutEngine(RolloutEngine):
 
 
 class HFEngineSettings(EngineSettings):
-    """Sample with transformers ``generate`` on the training model itself (no weight copy, no sync)."""
+    """Sample with transformers ``generate`` on the training model itself (no weight copy, no sync), or with
+    ``async_rollouts`` on a pushed copy of it in a background thread."""
 
-    def __init__(self, max_batch_size: int = 256):
+    def __init__(self, max_batch_size: int = 256, async_rollouts: bool = False, max_staleness: int = 1,
+                 tis_cap: float = 2.0):
         """
         Args:
             max_batch_size: Sequences generated at once (prompts x G are split into chunks of this size).
+            async_rollouts: Generate the next rollout batch in a background thread while the trainer optimises
+                on the current one (off: exact on-policy GRPO). The engine then samples from its own copy of
+                the weights, pushed before every rollout in which the policy changed (see README, Asynchronous
+                rollouts).
+            max_staleness: Policy versions a trained batch may lag behind the trainer (1: one batch in flight).
+            tis_cap: Truncation of the per-token importance weight pi_old / pi_behaviour (verl: 2).
         """
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
         self.max_batch_size = max_batch_size
+        self._set_async(async_rollouts, max_staleness, tis_cap)
 
     def build(self, policy) -> HFRolloutEngine:
-        return HFRolloutEngine(policy, max_batch_size=self.max_batch_size)
+        return HFRolloutEngine(policy, max_batch_size=self.max_batch_size, own_weights=self.async_rollouts)

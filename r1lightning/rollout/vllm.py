@@ -105,6 +105,9 @@ class VLLMEngineSettings(EngineSettings):
         enforce_eager: bool = False,
         enable_sleep_mode: bool = False,
         engine_kwargs: Optional[dict] = None,
+        async_rollouts: bool = False,
+        max_staleness: int = 1,
+        tis_cap: float = 2.0,
     ):
         """
         Args:
@@ -121,6 +124,11 @@ class VLLMEngineSettings(EngineSettings):
             enforce_eager: No CUDA graphs / torch.compile (faster start-up, slower decoding).
             enable_sleep_mode: GPU: free the engine's memory (weights to CPU, KV cache dropped) between rollouts.
             engine_kwargs: Extra ``vllm.LLM`` keyword arguments (override the ones above).
+            async_rollouts: Generate the next rollout batch in a background thread (the engine in this process)
+                while the trainer optimises on the current one (off: exact on-policy GRPO). Pushes happen
+                only while that thread is idle (see README, Asynchronous rollouts).
+            max_staleness: Policy versions a trained batch may lag behind the trainer (1: one batch in flight).
+            tis_cap: Truncation of the per-token importance weight pi_old / pi_behaviour (verl: 2).
         """
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
@@ -138,6 +146,7 @@ class VLLMEngineSettings(EngineSettings):
         self.enforce_eager = enforce_eager
         self.enable_sleep_mode = enable_sleep_mode
         self.engine_kwargs = dict(engine_kwargs) if engine_kwargs else None
+        self._set_async(async_rollouts, max_staleness, tis_cap)
 
     def build(self, policy) -> "VLLMRolloutEngine":
         if importlib.util.find_spec("vllm") is None:

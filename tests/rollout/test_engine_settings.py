@@ -27,8 +27,11 @@ def test_defaults_are_the_contract():
     v = VLLMEngineSettings()
     assert vars(v) == dict(dtype="auto", gpu_memory_utilization=0.3, kv_cache_space_gb=None, max_model_len=None,
                            max_num_batched_tokens=None, tensor_parallel_size=1, enforce_eager=False,
-                           enable_sleep_mode=False, engine_kwargs=None)
-    assert vars(HFEngineSettings()) == {"max_batch_size": 256}
+                           enable_sleep_mode=False, engine_kwargs=None, async_rollouts=False, max_staleness=1,
+                           tis_cap=2.0)
+    # synchronous (exact on-policy) unless asked
+    assert vars(HFEngineSettings()) == {"max_batch_size": 256, "async_rollouts": False, "max_staleness": 1,
+                                        "tis_cap": 2.0}
     assert isinstance(v, EngineSettings) and isinstance(HFEngineSettings(), EngineSettings)
 
 
@@ -69,7 +72,9 @@ def test_equality_and_repr_follow_the_arguments():
     assert a == VLLMEngineSettings(dtype="bfloat16", engine_kwargs={"max_num_seqs": 64})
     assert a != VLLMEngineSettings(dtype="float32")
     assert HFEngineSettings(4) != VLLMEngineSettings()
-    assert repr(HFEngineSettings(4)) == "HFEngineSettings(max_batch_size=4)"
+    assert repr(HFEngineSettings(4)) == \
+        "HFEngineSettings(max_batch_size=4, async_rollouts=False, max_staleness=1, tis_cap=2.0)"
+    assert HFEngineSettings(async_rollouts=True) != HFEngineSettings()
 
 
 class SettingsModel(BoringModel):

@@ -30,11 +30,12 @@ def length_reward(completions, **kw):
 torch.serialization.add_safe_globals([length_reward])  # the checkpoint's hparams name this test reward
 
 
-def make(engine, tokenizer):
+def make(engine, tokenizer, **settings):
     # the session engine has this architecture; the fit's first push loads this module's weights into it
     module = GRPOModule(policy=PolicyConfig(tiny=ENGINE_MODEL), rewards=[length_reward], beta=0.0, lr=1e-2,
                         sampling=SamplingSettings(n=4, max_new_tokens=8, seed=1),
-                        rollout=VLLMEngineSettings(enforce_eager=True), eval_sampling=None, export_dir="none")
+                        rollout=VLLMEngineSettings(enforce_eager=True, **settings), eval_sampling=None,
+                        export_dir="none")
     module.policy.tokenizer = tokenizer
     module.engine = engine  # instead of starting a second engine
     dm = PromptDataModule(train_data="synthetic:arithmetic?n=64&split=train", batch_size=2, tokenizer=tokenizer)
@@ -113,3 +114,38 @@ def test_fit_stops_on_a_failed_sync(vllm_session, tmp_path, monkeypatch):
     monkeypatch.setattr(vllm_session.engine, "update_weights", lambda policy: {"tensors": 0})
     with pytest.raises(RuntimeError, match="weight sync failed"):
         trainer(tmp_path, 2, [VLLMRolloutRefresh()]).fit(module, dm)
+
+
+def test_async_rollouts_sample_in_a_thread_from_verified_pushes_at_most_one_version_old(vllm_session, tmp_path,
+                                                                                        monkeypatch):
+    import threading
+
+    from r1lightning.rollout.async_worker import worker_threads_alive
+
+    engine = vllm_session.engine
+    module, dm = make(engine, vllm_session.policy.tokenizer, async_rollouts=True, max_staleness=1)
+    cb = Recording()
+    seen, real = [], engine.generate
+
+    def recording(prompts, sampling):  # the version the engine holds when each batch is generated
+        seen.append((threading.current_thread().name, cb.infos[-1]["policy_version"], sampling.logprobs))
+        return real(prompts, sampling)
+
+    monkeypatch.setattr(engine, "generate", recording)
+    stale = []
+
+    class Stale(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if outputs:
+                stale.append(outputs["trajectory"].staleness)
+
+    t = trainer(tmp_path, 3, [cb, Stale()])
+    t.fit(module, dm)
+    assert t.global_step == 3
+    assert all(name.startswith("r1l-rollout") and lp for name, _, lp in seen)  # the worker thread, with log-probs
+    # 4 batches generated (fill + 3); each from the weights of the push right before it, verified by the callback
+    assert [v for _, v, _ in seen] == [0, 0, 1, 2]
+    assert stale == [0, 1, 1]
+    assert float(t.callback_metrics["vllm/probe_max_abs_diff"]) < 1e-4
+    assert 0 < float(t.callback_metrics["train/async/tis_mean"]) <= 2.0
+    assert worker_threads_alive() == []

@@ -100,6 +100,8 @@ def run_r1(steps: int, gc: bool, async_rollouts: bool) -> dict:
                 self.rss0 = _rss_kib()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if not outputs or "trajectory" not in outputs:
+                return  # asynchronous mode: the first step only fills the pipeline (in the warm-up steps)
             traj = outputs["trajectory"]
             lengths.append(statistics.mean(len(c) for c in traj.rollout.completion_ids))
             real = pad = packed = 0

@@ -43,6 +43,15 @@ def expand_columns(columns: dict[str, list], n: int) -> dict[str, list]:
     return {k: [v for v in values for _ in range(n)] for k, values in columns.items()}
 
 
+def reduce_over_ranks(module: pl.LightningModule, values: list[float], op: str = "sum") -> list[float]:
+    """Element-wise all-reduce of a list of floats over the module's ranks (one collective; none on one rank)."""
+    trainer = module._trainer
+    if trainer is None or trainer.world_size <= 1 or not values:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=module.device)
+    return trainer.strategy.reduce(t, reduce_op=op).tolist()
+
+
 class PolicyModule(pl.LightningModule):
     """Base class: owns ``self.policy`` and the optimiser; subclasses write the step."""
 
@@ -178,11 +187,7 @@ class PolicyModule(pl.LightningModule):
         return int(self._trainer.world_size) if self._trainer is not None else 1
 
     def _reduce(self, values: list[float], op: str = "sum") -> list[float]:
-        """Element-wise all-reduce of a list of floats over the ranks (one collective; none on one rank)."""
-        if self._world_size <= 1 or not values:
-            return list(values)
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        return self.trainer.strategy.reduce(t, reduce_op=op).tolist()
+        return reduce_over_ranks(self, values, op)
 
     def setup(self, stage: str) -> None:
         if self._trainer is not None and self._world_size == 1:

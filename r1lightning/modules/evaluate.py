@@ -34,6 +34,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from r1lightning.metrics import BenchmarkMetrics
+from r1lightning.modules.base import expand_columns, reduce_over_ranks
 from r1lightning.policy import Policy, PolicyConfig
 from r1lightning.rollout.base import EngineSettings, RolloutEngine, SamplingSettings
 
@@ -199,7 +200,6 @@ class EvalModule(pl.LightningModule):
 
     @torch.no_grad()
     def evaluate_batch(self, batch: dict, dataloader_idx: int = 0) -> None:
-        from r1lightning.modules.base import expand_columns
         from r1lightning.rewards.format import format_reward
         from r1lightning.rewards.language import target_language_fraction
         from r1lightning.rewards.parsing import extract_final_answer, extract_think
@@ -215,8 +215,8 @@ class EvalModule(pl.LightningModule):
         scores = [float(x) for x in per_fn[spec.reward]]
         correct = [x > 0.5 for x in scores]
         lengths = [len(c) for c in out.completion_ids]
-        languages = [spec.language or lang or "en" for lang in
-                     expand_columns({"l": batch["columns"].get("language") or [None] * prompts}, n)["l"]]
+        row_languages = batch["columns"].get("language") or [None] * prompts
+        languages = [spec.language or row_languages[i // n] or "en" for i in range(len(out.texts))]
         answers = [extract_final_answer(t) if spec.votes else None for t in out.texts]
         lang_scores = [target_language_fraction(extract_think(t) or t, lang) for t, lang in zip(out.texts, languages)]
         per_q = [slice(q * n, (q + 1) * n) for q in range(prompts)]
@@ -256,9 +256,10 @@ class EvalModule(pl.LightningModule):
         for spec in dm.sets:
             metrics = self._metrics[spec.name].compute()  # gathers the question rows of all ranks
             reward = self._rewards[spec.name]
-            local = [self._seconds[spec.name], float(sum(reward.failures.values())),
-                     float(sum(reward.timeouts.values()))]
-            seconds, failures, timeouts = self._reduce_max_sum(local)
+            # wall time: the slowest rank's; failures and timeouts: all ranks'
+            (seconds,) = reduce_over_ranks(self, [self._seconds[spec.name]], "max")
+            failures, timeouts = reduce_over_ranks(
+                self, [float(sum(reward.failures.values())), float(sum(reward.timeouts.values()))], "sum")
             metrics.update(seconds=seconds, reward_failures=failures, reward_timeouts=timeouts,
                            dropped_rows=float(dm.dropped.get(spec.name, 0)))
             results[spec.name] = metrics
@@ -269,15 +270,6 @@ class EvalModule(pl.LightningModule):
         self._summary = self._summary_dict(results)
         self._write_outputs()
         return results
-
-    def _reduce_max_sum(self, values: list[float]) -> list[float]:
-        """[seconds (max over ranks: the wall time), failures (sum), timeouts (sum)]."""
-        if self.trainer.world_size <= 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        seconds = self.trainer.strategy.reduce(t[:1].clone(), reduce_op="max")
-        sums = self.trainer.strategy.reduce(t[1:].clone(), reduce_op="sum")
-        return [float(seconds[0]), *sums.tolist()]
 
     def _summary_dict(self, results: dict) -> dict:
         import dataclasses

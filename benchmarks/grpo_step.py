@@ -17,8 +17,11 @@ threads, at one intra-op thread essentially the work itself) are reported: on a 
 the wall-clock time also measures their load, the CPU time much less.
 
 Modes: ``sync`` (both as configured above), ``sync_gc`` (gradient checkpointing on both), ``async``
-(r1lightning's ``HFEngineSettings(async_rollouts=True, max_staleness=1)`` against TRL's sync run; skipped,
-with a message, when the checked-out r1lightning has no such option).
+(r1lightning's ``HFEngineSettings(async_rollouts=True, max_staleness=1, engine_process=True)``: generation in a
+process of its own, against TRL's sync run), ``async_thread`` (the same with the engine in a thread of the
+training process; skipped, with a message, when the checked-out r1lightning has no such option). The peak
+memory of an asynchronous r1lightning run with an engine process is the training process's peak plus the engine
+process's (an upper bound: the weights they share are counted twice).
 
 TRL is a benchmark-only dependency: ``pip install --no-deps trl==1.16.0`` (its requirements -- accelerate,
 datasets, transformers, ... -- are already installed with r1lightning; --no-deps keeps torch / transformers).
@@ -73,7 +76,7 @@ def _rss_kib() -> int:
 
 
 # ---------------------------------------------------------------- the two sides (each in its own process)
-def run_r1(steps: int, gc: bool, async_rollouts: bool) -> dict:
+def run_r1(steps: int, gc: bool, async_rollouts: bool, engine_process: bool = False) -> dict:
     import lightning.pytorch as pl
 
     from r1lightning.data import PromptDataModule
@@ -82,7 +85,10 @@ def run_r1(steps: int, gc: bool, async_rollouts: bool) -> dict:
     from r1lightning.rollout import SamplingSettings
     from r1lightning.rollout.hf import HFEngineSettings
 
-    rollout = HFEngineSettings(async_rollouts=True, max_staleness=1) if async_rollouts else HFEngineSettings()
+    if engine_process:
+        rollout = HFEngineSettings(async_rollouts=True, max_staleness=1, engine_process=True)
+    else:
+        rollout = HFEngineSettings(async_rollouts=True, max_staleness=1) if async_rollouts else HFEngineSettings()
     module = GRPOModule(
         policy=PolicyConfig(model_name_or_path=str(BASE), gradient_checkpointing=gc), rewards={"accuracy": 1.0},
         sampling=SamplingSettings(n=GROUP, max_new_tokens=MAX_NEW, temperature=1.0, seed=0), rollout=rollout,
@@ -179,19 +185,24 @@ def child(args) -> None:
 
     torch.set_num_threads(1)
     if args.child == "r1":
-        res = run_r1(args.steps, args.mode == "sync_gc", args.mode == "async")
+        res = run_r1(args.steps, args.mode == "sync_gc", args.mode in ("async", "async_thread"),
+                     engine_process=args.mode == "async")
     else:
         res = run_trl(args.steps, args.mode == "sync_gc")
     res["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if args.child == "r1" and args.mode == "async":  # the engine process (joined at the end of the fit)
+        res["engine_peak_rss_kib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        res["peak_rss_kib"] += res["engine_peak_rss_kib"]
     Path(args.result).write_text(json.dumps(res))
 
 
 # ---------------------------------------------------------------- the comparison
-def async_available() -> bool:
+def async_available(mode: str) -> bool:
     from r1lightning.rollout.hf import HFEngineSettings
 
     params = inspect.signature(HFEngineSettings.__init__).parameters
-    return "async_rollouts" in params and "max_staleness" in params
+    needs = ["async_rollouts", "max_staleness"] + (["engine_process"] if mode == "async" else [])
+    return all(p in params for p in needs)
 
 
 def launch(side: str, mode: str, steps: int) -> dict:
@@ -209,7 +220,8 @@ def launch(side: str, mode: str, steps: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--modes", nargs="+", default=["sync", "sync_gc", "async"], choices=["sync", "sync_gc", "async"])
+    modes = ["sync", "sync_gc", "async", "async_thread"]
+    ap.add_argument("--modes", nargs="+", default=modes, choices=modes)
     ap.add_argument("--steps", type=int, default=30, help="steps per run")
     ap.add_argument("--skip", type=int, default=5, help="warm-up steps of each run left out of the medians")
     ap.add_argument("--repeats", type=int, default=3, help="runs per framework and mode (alternating)")
@@ -232,9 +244,8 @@ def main() -> None:
                             "torch": torch.__version__, "transformers": transformers.__version__,
                             "trl": trl.__version__, "load_average_start": os.getloadavg()}, "modes": {}}
     for mode in args.modes:
-        if mode == "async" and not async_available():
-            print("async: unavailable (this r1lightning's HFEngineSettings has no async_rollouts / max_staleness); "
-                  "skipped", flush=True)
+        if mode.startswith("async") and not async_available(mode):
+            print(f"{mode}: unavailable (this r1lightning's HFEngineSettings has no such option); skipped", flush=True)
             summary["modes"][mode] = {"unavailable": True}
             continue
         runs = {"r1": [], "trl": []}

@@ -4,6 +4,7 @@ no thread left after a fit / an exception / SIGTERM, and an exact resume with a 
 
 import glob
 import signal
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -16,13 +17,21 @@ from r1lightning.policy import PolicyConfig
 from r1lightning.preemption import Preemption
 from r1lightning.rollout import HFEngineSettings, SamplingSettings
 from r1lightning.rollout.async_worker import worker_threads_alive
+from r1lightning.rollout.hf import PROCESS_NAME, HFProcessRolloutEngine, HFRolloutEngine
 
 
-def make(tok, async_rollouts=True, **kw):
+def engine_processes_alive() -> list:
+    import multiprocessing
+
+    return [p for p in multiprocessing.active_children() if p.name == PROCESS_NAME]
+
+
+def make(tok, async_rollouts=True, engine_process=False, **kw):
     module = GRPOModule(
         policy=PolicyConfig(tiny=SMALL), rewards=[digit_reward, "format"],
         sampling=SamplingSettings(n=4, max_new_tokens=8, seed=1), beta=0.001, lr=1e-2, eval_sampling=None,
-        export_dir="none", rollout=HFEngineSettings(async_rollouts=async_rollouts, max_staleness=1), **kw)
+        export_dir="none", rollout=HFEngineSettings(async_rollouts=async_rollouts, max_staleness=1,
+                                                    engine_process=engine_process), **kw)
     module.policy.tokenizer = tok
     dm = PromptDataModule(train_data="synthetic:arithmetic?n=64&split=train", batch_size=2, tokenizer=tok)
     return module, dm
@@ -216,3 +225,131 @@ def test_several_minibatches_and_passes_count_staleness_in_training_steps(tiny_t
     assert obs.gaps == [0, 4, 4] and obs.reported == [0, 1, 1]
     assert obs.trained == obs.fed[:3]
     assert worker_threads_alive() == []
+
+
+# ---------------------------------------------------------------- the engine in a process of its own
+def test_process_engine_samples_what_the_in_process_engine_samples(tiny_policy):
+    """Same function, same seed, same weights: the same completions and log-probs, before and after a push
+    (written into the shared copy by the trainer process); the push check reads that copy too."""
+    proc = HFProcessRolloutEngine(tiny_policy, max_batch_size=8, threads=1)
+    try:
+        local = HFRolloutEngine(tiny_policy, max_batch_size=8, own_weights=True)
+        prompts = [tiny_policy.tokenizer("Compute 12+34.")["input_ids"], tiny_policy.tokenizer("Compute 5+6.")["input_ids"]]
+        sampling = SamplingSettings(n=4, max_new_tokens=12, seed=3, logprobs=True)
+        a, b = proc.generate(prompts, sampling), local.generate(prompts, sampling)
+        assert a.completion_ids == b.completion_ids and a.logprobs == b.logprobs and a.truncated == b.truncated
+        with torch.no_grad():
+            for p in tiny_policy.build().parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        assert proc.generate(prompts, sampling).completion_ids == a.completion_ids  # not pushed yet: old weights
+        info = proc.update_weights(tiny_policy)
+        local.update_weights(tiny_policy)
+        assert info["tensors"] > 0
+        a, b = proc.generate(prompts, sampling), local.generate(prompts, sampling)
+        assert a.completion_ids == b.completion_ids and a.logprobs == b.logprobs
+        ids = prompts[0] + a.completion_ids[0]
+        assert proc.probe_logprobs(ids) == local.probe_logprobs(ids)
+    finally:
+        proc.close()
+    assert not proc.alive and engine_processes_alive() == []
+    with pytest.raises(RuntimeError, match="closed"):
+        proc.generate(prompts, sampling)
+
+
+def test_engine_process_fit_keeps_the_staleness_bound_and_leaves_nothing(tiny_tokenizer, tmp_path):
+    module, dm = make(tiny_tokenizer, engine_process=True)
+    obs = Observer()
+    t = trainer(tmp_path, 5, [obs], enable_checkpointing=False)
+    t.fit(module, dm)
+    assert t.global_step == 5 and obs.gaps == [0, 1, 1, 1, 1] and obs.reported == obs.gaps
+    assert obs.trained == obs.fed[:5]
+    assert module.engine is None  # closed at teardown, rebuilt from the policy on next use
+    assert engine_processes_alive() == [] and worker_threads_alive() == []
+
+
+def test_engine_process_stops_after_an_exception(tiny_tokenizer, tmp_path, monkeypatch):
+    module, dm = make(tiny_tokenizer, engine_process=True)
+    real, calls = module.optimize, []
+
+    def failing(minibatches):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom in optimize")
+        return real(minibatches)
+
+    monkeypatch.setattr(module, "optimize", failing)
+    with pytest.raises(RuntimeError, match="boom in optimize"):
+        trainer(tmp_path, 5, enable_checkpointing=False).fit(module, dm)
+    assert engine_processes_alive() == [] and worker_threads_alive() == []
+
+
+def test_engine_process_sigterm_resume_is_bit_identical(tiny_tokenizer, tmp_path):
+    """The engine samples in its own process, from its own generator: unlike the thread engine (see
+    test_sigterm_then_resume_trains_every_prompt_once) a stopped and resumed asynchronous run repeats the
+    uninterrupted one exactly -- the same rollouts and the same final weights."""
+    full, dm = make(tiny_tokenizer, engine_process=True)
+    obs_full = Observer()
+    trainer(tmp_path / "full", 6, [obs_full], enable_checkpointing=False, logger=False).fit(full, dm)
+
+    part, dm = make(tiny_tokenizer, engine_process=True)
+    obs_a = Observer()
+    ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1000)
+    with pytest.raises(SystemExit):
+        trainer(tmp_path / "a", 6, [obs_a, ckpt_cb, Preemption(), SigtermAt(3)], logger=False).fit(part, dm)
+    assert engine_processes_alive() == []
+    resumed, dm = make(tiny_tokenizer, engine_process=True)
+    obs_b = Observer()
+    obs_b.sampled_at = dict(obs_a.sampled_at)
+    trainer(tmp_path / "b", 6, [obs_b], enable_checkpointing=False, logger=False).fit(
+        resumed, dm, ckpt_path=str(tmp_path / "ckpt" / "preempted.ckpt"))
+    assert obs_a.trained + obs_b.trained == obs_full.trained
+    assert obs_a.rollouts + obs_b.rollouts == obs_full.rollouts
+    for (name, p), q in zip(full.policy.build().named_parameters(), resumed.policy.build().parameters()):
+        assert torch.equal(p, q), name
+    assert engine_processes_alive() == []
+
+
+def test_engine_process_exits_when_the_trainer_is_killed(tmp_path):
+    """A trainer killed without any clean-up (SIGKILL, OOM killer) leaves no engine process: the engine's pipe
+    closes and the process returns."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "killed.py"
+    script.write_text(
+        "import os, sys\n"
+        "from r1lightning.policy import Policy, PolicyConfig, TinyModelSettings\n"
+        "from r1lightning.rollout.hf import HFProcessRolloutEngine\n"
+        "if __name__ == '__main__':\n"
+        "    p = Policy(PolicyConfig(tiny=TinyModelSettings(hidden_size=16, num_hidden_layers=1, "
+        "num_attention_heads=2, intermediate_size=32)))\n"
+        "    e = HFProcessRolloutEngine(p, threads=1)\n"
+        "    print(e._proc.pid, flush=True)\n"
+        "    os._exit(0)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    pid = int(out.stdout.split()[-1])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{pid}/stat") as f:  # a zombie (reaped by init later) has exited too
+            if f.read().split()[2] == "Z":
+                break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, 9)
+        pytest.fail("the engine process outlived its trainer")
+
+
+def test_engine_process_needs_async():
+    with pytest.raises(ValueError, match="engine_process needs async_rollouts"):
+        HFEngineSettings(engine_process=True)
+    with pytest.raises(ValueError, match="engine_process must be"):
+        HFEngineSettings(async_rollouts=True, engine_process="yes")
+    assert HFEngineSettings(async_rollouts=True, engine_process=True).engine_process

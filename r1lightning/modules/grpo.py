@@ -81,7 +81,7 @@ from r1lightning.policy import (PackedRows, PolicyConfig, causal_lm_token_logpro
 from r1lightning.rewards import WeightedReward
 from r1lightning.rollout.async_worker import RolloutJob, RolloutWorker
 from r1lightning.rollout.base import EngineSettings, RolloutBatch, RolloutEngine, SamplingSettings
-from r1lightning.rollout.hf import HFEngineSettings
+from r1lightning.rollout.hf import HFEngineSettings, HFProcessRolloutEngine
 
 log = logging.getLogger(__name__)
 
@@ -587,6 +587,15 @@ class GRPOModule(PolicyModule):
 
     def teardown(self, stage: str) -> None:
         self.stop_rollout_worker()
+        self.close_engine_process()
+
+    def close_engine_process(self) -> None:
+        """Stop an engine that runs in a process of its own (``HFEngineSettings(engine_process=True)``), so none
+        outlives the fit; it is rebuilt from the policy's weights on next use. In-process engines stay (a vLLM
+        engine is expensive to start and is reused across fit / validate / test)."""
+        if isinstance(self.engine, HFProcessRolloutEngine):
+            self.engine.close()
+            self.engine = None
 
     def eval_engine(self) -> RolloutEngine:
         """Evaluation samples through the rollout engine, synced first (the trainer's current weights)."""
@@ -1085,6 +1094,7 @@ class _RolloutWorkerShutdown(pl.Callback):
     callbacks, not on the module): a SIGTERM stop, a failing callback, an interrupted validation."""
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        stop = getattr(pl_module, "stop_rollout_worker", None)
-        if callable(stop):
-            stop()
+        for name in ("stop_rollout_worker", "close_engine_process"):
+            stop = getattr(pl_module, name, None)
+            if callable(stop):
+                stop()

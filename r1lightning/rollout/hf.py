@@ -1,14 +1,101 @@
 """Rollouts with Hugging Face ``generate``: on the live training model (no weight copy, no sync), or, for
-asynchronous rollouts, on a copy of it that is pushed the policy like a vLLM engine."""
+asynchronous rollouts, on a copy of it that is pushed the policy like a vLLM engine -- in a background thread
+of the training process, or in a process of its own (``engine_process``)."""
 
 from __future__ import annotations
 
 import copy
+import logging
 import time
+import traceback
+
+from typing import Optional
 
 import torch
 
 from r1lightning.rollout.base import EngineSettings, RolloutBatch, RolloutEngine, SamplingSettings
+
+log = logging.getLogger(__name__)
+
+PROCESS_NAME = "r1l-engine"
+"""Name of the engine process (tests look for leftovers by it)."""
+
+
+@torch.no_grad()
+def hf_generate(model, tok, prompt_ids: list[list[int]], sampling: SamplingSettings,
+                max_batch_size: int) -> RolloutBatch:
+    """Sample ``sampling.n`` completions per prompt with ``model.generate`` (left padding, chunks of
+    ``max_batch_size`` sequences, eval mode restored afterwards); group-contiguous rows."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    rows = [p for p in prompt_ids for _ in range(sampling.n)]  # group-contiguous
+    completions: list[list[int]] = []
+    truncated: list[bool] = []
+    logprobs: list[list[float]] = [] if sampling.logprobs else None
+    eos = tok.eos_token_id
+    gen = None
+    if sampling.seed is not None:
+        gen = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+        gen.__enter__()
+        torch.manual_seed(sampling.seed)
+    t0 = time.perf_counter()
+    try:
+        for start in range(0, len(rows), max_batch_size):
+            chunk = rows[start : start + max_batch_size]
+            width = max(len(p) for p in chunk)
+            ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
+            attn = torch.zeros_like(ids)
+            for i, p in enumerate(chunk):  # left padding
+                ids[i, width - len(p) :] = torch.tensor(p)
+                attn[i, width - len(p) :] = 1
+            kwargs = dict(
+                do_sample=sampling.temperature > 0,
+                max_new_tokens=sampling.max_new_tokens,
+                eos_token_id=eos,
+                pad_token_id=tok.pad_token_id,
+                return_dict_in_generate=True,
+                output_scores=sampling.logprobs,
+            )
+            if sampling.temperature > 0:
+                kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
+            if sampling.stop:
+                kwargs.update(stop_strings=sampling.stop, tokenizer=tok)
+            out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **kwargs)
+            new = out.sequences[:, width:].cpu()
+            if sampling.logprobs:
+                # scores are the processed (temperature / top-p) logits the sampler drew from
+                step_lp = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1).cpu()
+            for i in range(new.shape[0]):
+                seq = new[i].tolist()
+                cut, stopped = len(seq), False
+                for j, t in enumerate(seq):
+                    if t == eos:
+                        cut, stopped = j + 1, True
+                        break
+                else:
+                    # trailing pads after an early stop-string finish
+                    while cut > 0 and seq[cut - 1] == tok.pad_token_id:
+                        cut -= 1
+                        stopped = True
+                completions.append(seq[:cut])
+                truncated.append(not stopped and cut >= sampling.max_new_tokens)
+                if sampling.logprobs:
+                    lp = step_lp[i, torch.arange(cut), torch.tensor(seq[:cut], dtype=torch.long)]
+                    logprobs.append(lp.tolist())
+    finally:
+        if gen is not None:
+            gen.__exit__(None, None, None)
+        if was_training:
+            model.train()
+    elapsed = time.perf_counter() - t0
+    texts = tok.batch_decode(completions, skip_special_tokens=True)
+    ntok = sum(len(c) for c in completions)
+    return RolloutBatch(
+        prompt_ids=list(prompt_ids), completion_ids=completions, texts=texts, truncated=truncated,
+        n=sampling.n, logprobs=logprobs,
+        stats={"generate_s": elapsed, "tokens": ntok, "tokens_per_s": ntok / max(elapsed, 1e-9)},
+    )
 
 
 class HFRolloutEngine(RolloutEngine):
@@ -67,80 +154,113 @@ class HFRolloutEngine(RolloutEngine):
         logits = model(input_ids=ids).logits[0, :-1].float()  # (L-1, V)
         return torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None])[:, 0].tolist()
 
-    @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> RolloutBatch:
-        tok = self.policy.tokenizer
-        model = self._sampling_model()
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        rows = [p for p in prompt_ids for _ in range(sampling.n)]  # group-contiguous
-        completions: list[list[int]] = []
-        truncated: list[bool] = []
-        logprobs: list[list[float]] = [] if sampling.logprobs else None
-        eos = tok.eos_token_id
-        gen = None
-        if sampling.seed is not None:
-            gen = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-            gen.__enter__()
-            torch.manual_seed(sampling.seed)
-        t0 = time.perf_counter()
+        return hf_generate(self._sampling_model(), self.policy.tokenizer, prompt_ids, sampling, self.max_batch_size)
+
+
+def _serve(conn, model, tok, max_batch_size: int, threads: int) -> None:
+    """The engine process: generate on the shared-memory ``model`` for every request until the trainer says
+    stop (None) or goes away (the pipe closes: a killed trainer leaves no orphan)."""
+    torch.set_num_threads(threads)
+    conn.send(("ready", None))
+    while True:
         try:
-            for start in range(0, len(rows), self.max_batch_size):
-                chunk = rows[start : start + self.max_batch_size]
-                width = max(len(p) for p in chunk)
-                ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
-                attn = torch.zeros_like(ids)
-                for i, p in enumerate(chunk):  # left padding
-                    ids[i, width - len(p) :] = torch.tensor(p)
-                    attn[i, width - len(p) :] = 1
-                kwargs = dict(
-                    do_sample=sampling.temperature > 0,
-                    max_new_tokens=sampling.max_new_tokens,
-                    eos_token_id=eos,
-                    pad_token_id=tok.pad_token_id,
-                    return_dict_in_generate=True,
-                    output_scores=sampling.logprobs,
-                )
-                if sampling.temperature > 0:
-                    kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
-                if sampling.stop:
-                    kwargs.update(stop_strings=sampling.stop, tokenizer=tok)
-                out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **kwargs)
-                new = out.sequences[:, width:].cpu()
-                if sampling.logprobs:
-                    # scores are the processed (temperature / top-p) logits the sampler drew from
-                    step_lp = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1).cpu()
-                for i in range(new.shape[0]):
-                    seq = new[i].tolist()
-                    cut, stopped = len(seq), False
-                    for j, t in enumerate(seq):
-                        if t == eos:
-                            cut, stopped = j + 1, True
-                            break
-                    else:
-                        # trailing pads after an early stop-string finish
-                        while cut > 0 and seq[cut - 1] == tok.pad_token_id:
-                            cut -= 1
-                            stopped = True
-                    completions.append(seq[:cut])
-                    truncated.append(not stopped and cut >= sampling.max_new_tokens)
-                    if sampling.logprobs:
-                        lp = step_lp[i, torch.arange(cut), torch.tensor(seq[:cut], dtype=torch.long)]
-                        logprobs.append(lp.tolist())
-        finally:
-            if gen is not None:
-                gen.__exit__(None, None, None)
-            if was_training:
-                model.train()
-        elapsed = time.perf_counter() - t0
-        texts = tok.batch_decode(completions, skip_special_tokens=True)
-        ntok = sum(len(c) for c in completions)
-        return RolloutBatch(
-            prompt_ids=list(prompt_ids), completion_ids=completions, texts=texts, truncated=truncated,
-            n=sampling.n, logprobs=logprobs,
-            stats={"generate_s": elapsed, "tokens": ntok, "tokens_per_s": ntok / max(elapsed, 1e-9)},
-        )
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        prompt_ids, sampling = msg
+        try:
+            reply = ("ok", hf_generate(model, tok, prompt_ids, sampling, max_batch_size))
+        except Exception as exc:  # reported to the trainer, which raises it there
+            reply = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        try:
+            conn.send(reply)
+        except (BrokenPipeError, OSError):
+            return
+
+
+class HFProcessRolloutEngine(HFRolloutEngine):
+    """:class:`HFRolloutEngine` with its own weights, generating in a separate process.
+
+    Why: with rollouts in a thread of the training process the two phases take turns on the GIL (the HF
+    generate loop and Lightning are Python), so an asynchronous step is barely shorter than a synchronous one.
+    Here the engine's model copy lives in shared memory (``Module.share_memory()``; on GPU, CUDA IPC) and a spawned
+    process samples from it; the training process keeps the same object, so:
+
+    * a push (:meth:`update_weights`) is the same tensor-by-tensor ``copy_`` into the engine's copy, done by
+      the trainer while the process is idle (the asynchronous protocol pushes only then), and visible to the
+      process without any transfer; the push check (:meth:`probe_logprobs`) reads that same copy;
+    * ``generate`` sends the prompts and the sampling settings through a pipe and waits for the
+      :class:`RolloutBatch` (the caller -- the rollout worker thread -- waits without holding the GIL);
+      seeded sampling gives what :class:`HFRolloutEngine` gives on the same weights (same function, same seed);
+    * the process uses ``threads`` torch threads (default: half of the trainer's count at build time, at least
+      1, the split the rollout worker makes), stops on :meth:`close` and exits by itself when the pipe closes
+      (the trainer died).
+
+    Start-up costs a process spawn (importing torch and transformers: seconds). CUDA sharing of the copy is
+    written to PyTorch's API but NOT exercised by this repository's tests (CPU only).
+    """
+
+    def __init__(self, policy, max_batch_size: int = 256, threads: Optional[int] = None,
+                 start_timeout_s: float = 300.0):
+        super().__init__(policy, max_batch_size=max_batch_size, own_weights=True)
+        import torch.multiprocessing as mp
+
+        if next(self.model.parameters()).device.type == "cpu":
+            self.model.share_memory()
+        self.threads = max(1, torch.get_num_threads() // 2) if threads is None else int(threads)
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, name=PROCESS_NAME, daemon=True,
+                                 args=(child, self.model, policy.tokenizer, max_batch_size, self.threads))
+        self._proc.start()
+        child.close()
+        self._receive("start", start_timeout_s)
+
+    def _receive(self, what: str, timeout_s: Optional[float] = None):
+        t0 = time.monotonic()
+        while not self._conn.poll(1.0):
+            if not self._proc.is_alive():
+                raise RuntimeError(f"the rollout engine process died during {what} (exit code {self._proc.exitcode})")
+            if timeout_s is not None and time.monotonic() - t0 > timeout_s:
+                self.close()
+                raise TimeoutError(f"the rollout engine process did not answer {what} within {timeout_s:.0f} s")
+        kind, value = self._conn.recv()
+        if kind == "error":
+            raise RuntimeError(f"the rollout engine process failed in {what}: {value}")
+        return value
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> RolloutBatch:
+        if self._proc is None:
+            raise RuntimeError("the rollout engine process is closed")
+        self._conn.send((list(prompt_ids), sampling))
+        return self._receive("generate")
+
+    def close(self) -> None:
+        """Stop the process (a running generate finishes first); idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            self._conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        proc.join(timeout=60)
+        if proc.is_alive():
+            log.warning("the rollout engine process did not stop within 60 s; terminating it")
+            proc.terminate()
+            proc.join(timeout=10)
+        self._conn.close()
+
+    def __del__(self):
+        if getattr(self, "_proc", None) is not None:
+            self.close()
 
 
 class HFEngineSettings(EngineSettings):
@@ -148,7 +268,7 @@ class HFEngineSettings(EngineSettings):
     ``async_rollouts`` on a pushed copy of it in a background thread."""
 
     def __init__(self, max_batch_size: int = 256, async_rollouts: bool = False, max_staleness: int = 1,
-                 tis_cap: float = 2.0):
+                 tis_cap: float = 2.0, engine_process: bool = False):
         """
         Args:
             max_batch_size: Sequences generated at once (prompts x G are split into chunks of this size).
@@ -158,11 +278,22 @@ class HFEngineSettings(EngineSettings):
                 rollouts).
             max_staleness: Policy versions a trained batch may lag behind the trainer (1: one batch in flight).
             tis_cap: Truncation of the per-token importance weight pi_old / pi_behaviour (verl: 2).
+            engine_process: With ``async_rollouts``: generate in a process of its own (a shared-memory copy of
+                the weights, :class:`HFProcessRolloutEngine`) instead of a thread of the training process, so
+                generation and training really run at the same time (a thread shares the GIL with the trainer).
         """
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
         self.max_batch_size = max_batch_size
         self._set_async(async_rollouts, max_staleness, tis_cap)
+        if not isinstance(engine_process, bool):
+            raise ValueError(f"engine_process must be true or false, got {engine_process!r}")
+        if engine_process and not async_rollouts:
+            raise ValueError("engine_process needs async_rollouts: true (synchronous rollouts sample the training "
+                             "model itself, in the training process)")
+        self.engine_process = engine_process
 
     def build(self, policy) -> HFRolloutEngine:
+        if getattr(self, "engine_process", False):
+            return HFProcessRolloutEngine(policy, max_batch_size=self.max_batch_size)
         return HFRolloutEngine(policy, max_batch_size=self.max_batch_size, own_weights=self.async_rollouts)

@@ -31,7 +31,7 @@ def test_defaults_are_the_contract():
                            tis_cap=2.0)
     # synchronous (exact on-policy) unless asked
     assert vars(HFEngineSettings()) == {"max_batch_size": 256, "async_rollouts": False, "max_staleness": 1,
-                                        "tis_cap": 2.0}
+                                        "tis_cap": 2.0, "engine_process": False}
     assert isinstance(v, EngineSettings) and isinstance(HFEngineSettings(), EngineSettings)
 
 
@@ -73,7 +73,7 @@ def test_equality_and_repr_follow_the_arguments():
     assert a != VLLMEngineSettings(dtype="float32")
     assert HFEngineSettings(4) != VLLMEngineSettings()
     assert repr(HFEngineSettings(4)) == \
-        "HFEngineSettings(max_batch_size=4, async_rollouts=False, max_staleness=1, tis_cap=2.0)"
+        "HFEngineSettings(max_batch_size=4, async_rollouts=False, max_staleness=1, tis_cap=2.0, engine_process=False)"
     assert HFEngineSettings(async_rollouts=True) != HFEngineSettings()
 
 

@@ -19,9 +19,10 @@ the wall-clock time also measures their load, the CPU time much less.
 Modes: ``sync`` (both as configured above), ``sync_gc`` (gradient checkpointing on both), ``async``
 (r1lightning's ``HFEngineSettings(async_rollouts=True, max_staleness=1, engine_process=True)``: generation in a
 process of its own, against TRL's sync run), ``async_thread`` (the same with the engine in a thread of the
-training process; skipped, with a message, when the checked-out r1lightning has no such option). The peak
-memory of an asynchronous r1lightning run with an engine process is the training process's peak plus the engine
-process's (an upper bound: the weights they share are counted twice).
+training process; skipped, with a message, when the checked-out r1lightning has no such option). With an
+engine process, r1lightning's peak memory is the training process's peak RSS plus the engine process's peak
+private memory (the libraries and the shared-memory weights it maps are in the trainer's RSS already), and its
+CPU time includes the engine process's.
 
 TRL is a benchmark-only dependency: ``pip install --no-deps trl==1.16.0`` (its requirements -- accelerate,
 datasets, transformers, ... -- are already installed with r1lightning; --no-deps keeps torch / transformers).
@@ -41,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -75,6 +77,54 @@ def _rss_kib() -> int:
     return 0
 
 
+class EngineMonitor:
+    """Samples the engine process (asynchronous mode with ``engine_process``) every 50 ms: its private memory
+    (``Private_Clean + Private_Dirty`` of /proc/PID/smaps_rollup: what the process adds to the job; the shared
+    libraries and the shared-memory weights are already in the trainer's resident set) and its CPU seconds."""
+
+    def __init__(self):
+        self.peak_private_kib = 0
+        self._pid = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _find(self):
+        from r1lightning.rollout.hf import PROCESS_NAME
+        import multiprocessing
+
+        for p in multiprocessing.active_children():
+            if p.name == PROCESS_NAME:
+                return p.pid
+        return None
+
+    def cpu_s(self) -> float:
+        if self._pid is None:
+            return 0.0
+        try:
+            with open(f"/proc/{self._pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        except OSError:
+            return 0.0
+
+    def _run(self):
+        while not self._stop.wait(0.05):
+            if self._pid is None:
+                self._pid = self._find()
+                continue
+            try:
+                with open(f"/proc/{self._pid}/smaps_rollup") as f:
+                    private = sum(int(line.split()[1]) for line in f if line.startswith(("Private_Clean:", "Private_Dirty:")))
+                self.peak_private_kib = max(self.peak_private_kib, private)
+            except OSError:
+                pass
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
 # ---------------------------------------------------------------- the two sides (each in its own process)
 def run_r1(steps: int, gc: bool, async_rollouts: bool, engine_process: bool = False) -> dict:
     import lightning.pytorch as pl
@@ -97,11 +147,12 @@ def run_r1(steps: int, gc: bool, async_rollouts: bool, engine_process: bool = Fa
     )
     dm = PromptDataModule(train_data=DATA, batch_size=PROMPTS_PER_STEP, tokenizer=module.tokenizer)
     starts, cpu, lengths, padding = [], [], [], []
+    monitor = EngineMonitor() if engine_process else None
 
     class Clock(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             starts.append(time.perf_counter())
-            cpu.append(time.process_time())
+            cpu.append(time.process_time() + (monitor.cpu_s() if monitor else 0.0))
             if len(starts) == 1:
                 self.rss0 = _rss_kib()
 
@@ -123,7 +174,11 @@ def run_r1(steps: int, gc: bool, async_rollouts: bool, engine_process: bool = Fa
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                          limit_val_batches=0, callbacks=[clock])
     trainer.fit(module, dm)
-    return {"step_s": [b - a for a, b in zip(starts, starts[1:])], "step_cpu_s": [b - a for a, b in zip(cpu, cpu[1:])],
+    extra = {}
+    if monitor is not None:
+        monitor.stop()
+        extra["engine_peak_private_kib"] = monitor.peak_private_kib
+    return {**extra, "step_s": [b - a for a, b in zip(starts, starts[1:])], "step_cpu_s": [b - a for a, b in zip(cpu, cpu[1:])],
             "completion_length": lengths,
             "padding_fraction": [p for p, _ in padding], "packed_padding_fraction": [q for _, q in padding],
             "rss_at_start_kib": clock.rss0}
@@ -190,9 +245,8 @@ def child(args) -> None:
     else:
         res = run_trl(args.steps, args.mode == "sync_gc")
     res["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if args.child == "r1" and args.mode == "async":  # the engine process (joined at the end of the fit)
-        res["engine_peak_rss_kib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        res["peak_rss_kib"] += res["engine_peak_rss_kib"]
+    if "engine_peak_private_kib" in res:  # the engine process's own memory (see EngineMonitor)
+        res["peak_rss_kib"] += res["engine_peak_private_kib"]
     Path(args.result).write_text(json.dumps(res))
 
 

@@ -3,11 +3,13 @@ asynchronous rollouts, on a copy of it that is pushed the policy like a vLLM eng
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 
 import torch
 
+from r1lightning.policy import gathered_for_inference
 from r1lightning.rollout.base import EngineSettings, RolloutBatch, RolloutEngine, SamplingSettings
 
 
@@ -28,8 +30,11 @@ class HFRolloutEngine(RolloutEngine):
         self.max_batch_size = max_batch_size
         self.model = None
         if own_weights:
-            model = policy.merged_model()  # a copy under LoRA, the training model itself otherwise
-            self.model = copy.deepcopy(model) if model is policy.build() else model
+            if policy.sharded:  # FSDP2: an unsharded copy gathered tensor by tensor (a collective: every rank builds one)
+                self.model = policy.plain_copy()
+            else:
+                model = policy.merged_model()  # a copy under LoRA, the training model itself otherwise
+                self.model = copy.deepcopy(model) if model is policy.build() else model
             self.model.requires_grad_(False)
             self.model.eval()
             self.holds_weights = True
@@ -38,6 +43,13 @@ class HFRolloutEngine(RolloutEngine):
 
     def _sampling_model(self):
         return self.model if self.model is not None else self.policy.build()
+
+    def _gathered(self):
+        """Sampling on a sharded (FSDP2) training model: its weights gathered for the whole call, so each rank
+        may run its own number of forwards (see ``policy.gathered_for_inference``); nothing otherwise."""
+        if self.model is not None:
+            return contextlib.nullcontext()
+        return gathered_for_inference(self.policy.build())
 
     @torch.no_grad()
     def update_weights(self, policy) -> dict:
@@ -62,16 +74,20 @@ class HFRolloutEngine(RolloutEngine):
         if len(token_ids) < 2:
             raise ValueError("a probe needs at least 2 tokens")
         model = self._sampling_model()
-        device = next(model.parameters()).device
-        ids = torch.tensor([token_ids], device=device)
-        logits = model(input_ids=ids).logits[0, :-1].float()  # (L-1, V)
+        ids = torch.tensor([token_ids], device=_device_of(model))
+        with self._gathered():
+            logits = model(input_ids=ids).logits[0, :-1].float()  # (L-1, V)
         return torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None])[:, 0].tolist()
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> RolloutBatch:
+        with self._gathered():
+            return self._generate(prompt_ids, sampling)
+
+    def _generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> RolloutBatch:
         tok = self.policy.tokenizer
         model = self._sampling_model()
-        device = next(model.parameters()).device
+        device = _device_of(model)
         was_training = model.training
         model.eval()
         rows = [p for p in prompt_ids for _ in range(sampling.n)]  # group-contiguous
@@ -101,6 +117,9 @@ class HFRolloutEngine(RolloutEngine):
                     pad_token_id=tok.pad_token_id,
                     return_dict_in_generate=True,
                     output_scores=sampling.logprobs,
+                    # each rank's forwards run alone (DDP replicas; FSDP2 weights gathered for the call), so no rank
+                    # waits for the others' longest completion
+                    synced_gpus=False,
                 )
                 if sampling.temperature > 0:
                     kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
@@ -141,6 +160,11 @@ class HFRolloutEngine(RolloutEngine):
             n=sampling.n, logprobs=logprobs,
             stats={"generate_s": elapsed, "tokens": ntok, "tokens_per_s": ntok / max(elapsed, 1e-9)},
         )
+
+
+def _device_of(model) -> torch.device:
+    """Where the model computes (a sharded parameter reports its local shard's device)."""
+    return next(model.parameters()).device
 
 
 class HFEngineSettings(EngineSettings):

@@ -16,13 +16,13 @@ import torch
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from r1lightning.metrics import ConsAtK, PassAtK
-from r1lightning.policy import LoraSettings, Policy, PolicyConfig, TinyModelSettings
+from r1lightning.policy import FSDPSettings, LoraSettings, Policy, PolicyConfig, TinyModelSettings
 from r1lightning.rollout.base import RolloutEngine, SamplingSettings
 
 log = logging.getLogger(__name__)
 
 # checkpoints store hyperparameters; let torch.load(weights_only=True) rebuild our plain config classes
-torch.serialization.add_safe_globals([PolicyConfig, TinyModelSettings, LoraSettings, SamplingSettings])
+torch.serialization.add_safe_globals([PolicyConfig, TinyModelSettings, LoraSettings, FSDPSettings, SamplingSettings])
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:

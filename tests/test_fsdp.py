@@ -148,3 +148,86 @@ def test_fsdp_grpo_two_ranks_match_one_process_step_for_step(tmp_path):
     for name, p in single["params"].items():
         assert torch.equal(r0["params"][name], r1["params"][name]), name
         torch.testing.assert_close(r0["params"][name], p, **TOL, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The real CLI, 2 ranks launched by torchrun (TorchElastic environment: Lightning launches nothing itself)
+
+FSDP2 = '{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy", "init_args": {"data_parallel_size": 2, ' \
+        '"tensor_parallel_size": 1}}'
+TINY = ('{"model_name_or_path": null, "tiny": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, '
+        '"intermediate_size": 64}}')
+
+
+def torchrun(tmp_path: Path, config: str, strategy: str, *args: str, timeout: int = 400) -> str:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "r1lightning", "fit", "--config", str(ROOT / "configs" / config),
+           "--trainer.devices", "2", "--trainer.strategy", FSDP2 if strategy == "fsdp" else strategy,
+           "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+           "--model.init_args.export_dir", str(tmp_path / "export"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"torchrun {config} {strategy} did not finish in {timeout} s")
+    assert proc.returncode == 0, log[-4000:]
+    assert "exported the trained policy" in log
+    assert (tmp_path / "export" / "model.safetensors").is_file()
+    return log
+
+
+def grpo_args(tmp_path: Path, max_steps: int) -> list[str]:
+    return ["--model.init_args.policy", TINY, "--model.init_args.sampling.max_new_tokens", "8",
+            "--model.init_args.sampling.n", "4", "--model.init_args.sampling.seed", "3",
+            "--model.init_args.eval_sampling.max_new_tokens", "8", "--data.init_args.batch_size", "2",
+            "--data.init_args.train_data", "synthetic:arithmetic?n=64&split=train",
+            # 3 held-out prompts: 2 on rank 0, 1 on rank 1 (sampling with gathered weights, different lengths)
+            "--data.init_args.val_data", "synthetic:arithmetic?n=3&split=test",
+            "--trainer.max_steps", str(max_steps), "--trainer.max_time", "null",
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
+            "--trainer.callbacks", '[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": '
+            f'{{"dirpath": "{tmp_path / "ckpt"}", "every_n_train_steps": 2, "save_top_k": -1}}}}]']
+
+
+def sft_args() -> list[str]:
+    return ["--trainer.callbacks", "null", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+            "--data.init_args.train_data", "synthetic:arithmetic?n=64&split=train", "--data.init_args.batch_size", "4",
+            "--data.init_args.val_data", "synthetic:arithmetic?n=6&split=test", "--data.init_args.val_batch_size", "2",
+            "--model.init_args.eval_sampling.max_new_tokens", "8", "--model.init_args.warmup_steps", "1",
+            "--model.init_args.policy.tiny.hidden_size", "32", "--model.init_args.policy.tiny.num_hidden_layers", "2",
+            "--model.init_args.policy.tiny.num_attention_heads", "2",
+            "--model.init_args.policy.tiny.intermediate_size", "64"]
+
+
+@pytest.mark.slow
+def test_torchrun_grpo_fsdp_trains_resumes_from_the_sharded_checkpoint_and_exports(tmp_path):
+    torchrun(tmp_path, "r1_zero.yaml", "fsdp", *grpo_args(tmp_path, 2))
+    ckpt = tmp_path / "ckpt" / "epoch=0-step=2.ckpt"
+    assert len(list(ckpt.glob("*.distcp"))) == 2 and (ckpt / "meta.pt").is_file()
+    torchrun(tmp_path, "r1_zero.yaml", "fsdp", *grpo_args(tmp_path, 4), "--ckpt_path", str(ckpt))
+    meta = torch.load(tmp_path / "ckpt" / "epoch=0-step=4.ckpt" / "meta.pt", weights_only=True)
+    assert meta["global_step"] == 4 and meta["PromptDataModule"]["consumed_batches"] == 4
+    # the CLI read the folder's meta.pt: the resumed run logged into the interrupted run's version folder
+    assert [p.name for p in (tmp_path / "logs" / "r1_zero").iterdir()] == ["version_0"]
+
+
+@pytest.mark.slow
+def test_torchrun_grpo_ddp(tmp_path):
+    torchrun(tmp_path, "r1_zero.yaml", "ddp", *grpo_args(tmp_path, 2))
+    assert torch.load(tmp_path / "ckpt" / "epoch=0-step=2.ckpt", weights_only=False)["global_step"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_torchrun_sft(tmp_path, strategy):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    torchrun(tmp_path, "sft_tiny_base.yaml", strategy, *sft_args())
+    (events,) = {p.parent for p in tmp_path.rglob("events.out.tfevents.*")}  # one logger folder, rank 0's
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    assert len(acc.Scalars("train/loss")) == 2 and len(acc.Scalars("val/pass@1")) == 1

@@ -195,6 +195,7 @@ def grpo_args(tmp_path: Path, max_steps: int) -> list[str]:
 
 def sft_args() -> list[str]:
     return ["--trainer.callbacks", "null", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+            "--trainer.log_every_n_steps", "1",
             "--data.init_args.train_data", "synthetic:arithmetic?n=64&split=train", "--data.init_args.batch_size", "4",
             "--data.init_args.val_data", "synthetic:arithmetic?n=6&split=test", "--data.init_args.val_batch_size", "2",
             "--model.init_args.eval_sampling.max_new_tokens", "8", "--model.init_args.warmup_steps", "1",

@@ -103,6 +103,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--micro-batch-tokens", type=int, default=40)
     ap.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp")
+    ap.add_argument("--max-grad-norm", type=float, default=1.0)
     args = ap.parse_args()
     torch.set_num_threads(1)
     pl.seed_everything(0)
@@ -112,7 +113,7 @@ def main() -> None:
                                                    intermediate_size=64)),
         rewards=[crc_reward], sampling=SamplingSettings(n=4, max_new_tokens=24), beta=0.001, lr=1e-2, mu=2,
         num_minibatches=NUM_MINIBATCHES, micro_batch_tokens=args.micro_batch_tokens, dynamic_sampling="filter",
-        eval_sampling=None, export_dir="none",
+        eval_sampling=None, export_dir="none", max_grad_norm=args.max_grad_norm,
     )
     module.policy.tokenizer = tok
     module.engine = ScriptedEngine()

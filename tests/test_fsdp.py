@@ -137,11 +137,13 @@ def test_fsdp_lora_student_and_sharded_teacher_match_one_process(tmp_path):
 def test_fsdp_grpo_two_ranks_match_one_process_step_for_step(tmp_path):
     """The scripted GRPO fit of tests/ddp_grpo_worker.py (uneven work per rank: padding micro-batches, a
     mini-batch with no row on rank 0, beta > 0 so a sharded reference) under FSDP2 vs one process."""
-    (single,) = run(GRPO_WORKER, tmp_path / "one", "--devices", "1")
-    r0, r1 = run(GRPO_WORKER, tmp_path / "two", "--devices", "2", "--strategy", "fsdp")
+    # gradient norms are ~0.8: clipping at 0.5 acts on every step (sharded gradients, DTensor norms)
+    (single,) = run(GRPO_WORKER, tmp_path / "one", "--devices", "1", "--max-grad-norm", "0.5")
+    r0, r1 = run(GRPO_WORKER, tmp_path / "two", "--devices", "2", "--strategy", "fsdp", "--max-grad-norm", "0.5")
     assert r0["sharded"] and not single["sharded"]
     assert single["global_step"] == r0["global_step"] == 8
     assert any(pad > 0 for step in r0["work"] for _, pad in step)  # rank 0 ran padding micro-batches
+    assert min(m["train/grad_norm"] for m in single["metrics"]) > 0.5
     for a, b in zip(single["metrics"], r0["metrics"]):
         for key in ("train/loss", "train/policy_loss", "train/kl", "train/grad_norm", "train/entropy"):
             assert a[key] == pytest.approx(b[key], abs=1e-5), key

@@ -16,6 +16,15 @@ no attention mask is passed; transformers' masking utilities then build a block-
 keeps packed sequences apart is checked once with a probe (:func:`supports_packed_rows`); callers fall
 back to padded rows when it does not.
 
+FSDP2 (``ModelParallelStrategy``; ``Policy.build(device_mesh=...)``): the model is built on the meta device on
+every rank, sharded with ``fully_shard`` per decoder layer and then at the root (:func:`shard_causal_lm`: fp32
+master weights, compute in the trainer's precision, fp32 gradient reduction), and filled from rank 0's loaded
+copy by broadcast. The root's own parameters (embeddings, final norm, LM head) exist only inside its forward, so
+the log-prob functions run the decoder and the chunked head inside a registered FSDP forward method
+(:func:`in_root_forward`); unsharded they are the same plain calls as before. Sampling with ``generate`` on the
+sharded model runs with the weights gathered (:func:`gathered_for_inference`); exports and weight pushes gather
+one tensor at a time (:meth:`Policy.merged_weights`).
+
 Train / eval mode: the built model follows the ``Policy`` module's own mode (train unless ``.eval()`` was
 called), not the eval mode ``from_pretrained`` leaves it in -- otherwise dropout and gradient
 checkpointing (which transformers applies only in train mode) would silently be off during training.

@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--teacher", action="store_true", help="distillation with a logit-level KD term")
     ap.add_argument("--export", action="store_true")
     ap.add_argument("--engine", action="store_true", help="push the trained weights into an HF rollout engine")
+    ap.add_argument("--precision", default="32-true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     pl.seed_everything(0)
@@ -117,7 +118,7 @@ def main() -> None:
         accelerator="cpu", devices=args.devices, strategy=strategy, max_steps=args.steps, gradient_clip_val=1.0,
         use_distributed_sampler=False, logger=False, enable_checkpointing=bool(args.ckpt_every),
         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, default_root_dir=args.out,
-        log_every_n_steps=1,
+        log_every_n_steps=1, precision=args.precision,
     )
     trainer.fit(module, ScriptedData(args.steps, single=args.devices == 1), ckpt_path=args.resume)
     policy = module.policy

@@ -32,6 +32,14 @@ a rank with no rows left still takes part), gradients are all-reduced once per o
 on the other micro-batches), and the loss is normalised by the step's *global* sequence / token count,
 so a 2-rank run takes the same step as one process on the union of both ranks' rollouts.
 
+FSDP2 (``trainer.strategy: ModelParallelStrategy``, see README "Scaling out"): the policy and the reference are
+sharded (the reference is filled from the policy's own shards, and has no optimizer); gradients are
+reduce-scattered after every micro-batch's backward (there is no no_sync), and a padding micro-batch also runs
+the prepare phase's pi_old / pi_ref forwards, since every forward all-gathers. Sampling with the HF engine on the
+training model runs with the weights gathered for the whole rollout or evaluation, so ranks may generate
+different lengths and numbers of sequences; an engine with its own weights (vLLM, async HF) is pushed one
+gathered tensor at a time, in the same order on every rank.
+
 Asynchronous rollouts (``rollout.init_args.async_rollouts: true``, off by default): the engine generates
 the next rollout batch in a background thread (:mod:`r1lightning.rollout.async_worker`) while this step
 optimises on the batch the engine generated during the previous step. ``training_step`` then runs

@@ -875,11 +875,24 @@ class Policy(nn.Module):
                 del tensor
             if writes:
                 out.mkdir(parents=True, exist_ok=True)
-                self._plain_model(state).save_pretrained(str(out), safe_serialization=True)
+                _save_model(self._plain_model(state), out, every_rank)
                 self.tokenizer.save_pretrained(str(out))
             return out
         out.mkdir(parents=True, exist_ok=True)
         model = self.merged_model() if merge_lora else self.build()
-        model.save_pretrained(str(out), safe_serialization=True)
+        _save_model(model, out, every_rank)
         self.tokenizer.save_pretrained(str(out))
         return out
+
+
+def _save_model(model: nn.Module, out: Path, every_rank: bool) -> None:
+    """``model.save_pretrained(out)``. transformers 5 writes nothing on a rank other than 0 once torch.distributed is
+    initialised (``should_save_on_this_rank``); with ``every_rank`` this rank writes its own folder anyway (each
+    training rank's rollout engine loads its own copy)."""
+    if every_rank:
+        model.should_save_on_this_rank = lambda is_main_process: is_main_process
+    try:
+        model.save_pretrained(str(out), safe_serialization=True)
+    finally:
+        if every_rank:
+            del model.should_save_on_this_rank

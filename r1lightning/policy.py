@@ -681,7 +681,10 @@ class Policy(nn.Module):
         model = self._create(meta=True, dtype=getattr(torch, dtype[0]))
         lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         shard_causal_lm(lm, mesh, self.config.fsdp, param_dtype)
-        device = mesh.device_type if mesh.device_type == "cpu" else torch.device(mesh.device_type, torch.accelerator.current_device_index())
+        if mesh.device_type == "cpu" or self.config.fsdp.cpu_offload:  # offloaded shards live in CPU memory
+            device = torch.device("cpu")
+        else:
+            device = torch.device(mesh.device_type, torch.accelerator.current_device_index())
         lm.to_empty(device=device)
         src_lm = None
         if source is not None:

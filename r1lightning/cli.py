@@ -42,6 +42,19 @@ def _is_launching_process() -> bool:
     return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
+def checkpoint_file(path: Any) -> Optional[Path]:
+    """The file holding a checkpoint's hyperparameters and loop state: the checkpoint itself, or the ``meta.pt``
+    of a distributed (sharded) checkpoint folder as ModelParallelStrategy (FSDP2) writes; None if neither."""
+    if not path:
+        return None
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.is_dir() and (p / "meta.pt").is_file():
+        return p / "meta.pt"
+    return None
+
+
 def _version_dir(save_dir: str, name: Optional[str], version: Any) -> Path:
     sub = version if isinstance(version, str) else f"version_{version}"
     return Path(save_dir, name, sub) if name else Path(save_dir, sub)
@@ -64,10 +77,11 @@ class R1CLI(LightningCLI):
         if not sub:
             return
         ckpt_path = self.config[sub].get("ckpt_path")
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        meta = checkpoint_file(ckpt_path)
+        if meta is None:
             return  # 'last' / 'hpc' / a missing file: Lightning reports it
         # mmap: only the small entries are read, not a multi-GB state dict
-        ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
+        ckpt = torch.load(meta, weights_only=True, map_location="cpu", mmap=True)
         self.ckpt_run = ckpt.get(RUN_KEY)
         hparams = dict(ckpt.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
@@ -128,7 +142,8 @@ class R1CLI(LightningCLI):
         if sub is None:
             return
         ckpt_path = self.config[sub].get("ckpt_path")
-        ckpt_file = Path(ckpt_path).resolve() if ckpt_path and Path(ckpt_path).is_file() else None
+        # a file, or a distributed checkpoint's folder (FSDP2)
+        ckpt_file = Path(ckpt_path).resolve() if checkpoint_file(ckpt_path) is not None else None
         for logger in self._logger_configs(sub):
             args = logger["init_args"]
             save_dir, name, version = args.get("save_dir"), args.get("name"), args.get("version")

@@ -16,6 +16,15 @@ no attention mask is passed; transformers' masking utilities then build a block-
 keeps packed sequences apart is checked once with a probe (:func:`supports_packed_rows`); callers fall
 back to padded rows when it does not.
 
+FSDP2 (``ModelParallelStrategy``; ``Policy.build(device_mesh=...)``): the model is built on the meta device on
+every rank, sharded with ``fully_shard`` per decoder layer and then at the root (:func:`shard_causal_lm`: fp32
+master weights, compute in the trainer's precision, fp32 gradient reduction), and filled from rank 0's loaded
+copy by broadcast. The root's own parameters (embeddings, final norm, LM head) exist only inside its forward, so
+the log-prob functions run the decoder and the chunked head inside a registered FSDP forward method
+(:func:`in_root_forward`); unsharded they are the same plain calls as before. Sampling with ``generate`` on the
+sharded model runs with the weights gathered (:func:`gathered_for_inference`); exports and weight pushes gather
+one tensor at a time (:meth:`Policy.merged_weights`).
+
 Train / eval mode: the built model follows the ``Policy`` module's own mode (train unless ``.eval()`` was
 called), not the eval mode ``from_pretrained`` leaves it in -- otherwise dropout and gradient
 checkpointing (which transformers applies only in train mode) would silently be off during training.
@@ -69,6 +78,20 @@ class TinyModelSettings:
 
 
 @dataclass
+class FSDPSettings:
+    """FSDP2 sharding of the policy (and of the reference / teacher), used when the trainer's strategy is
+    ``lightning.pytorch.strategies.ModelParallelStrategy``; ignored otherwise."""
+
+    reshard_after_forward: bool = True
+    """Free each decoder layer's gathered weights after its forward and gather them again for backward
+    (ZeRO-3-like, the least memory). False keeps them from forward to backward (one all-gather less per
+    layer and step, more memory)."""
+    cpu_offload: bool = False
+    """Keep the sharded parameters, gradients and optimizer state in CPU memory (FSDP2 ``CPUOffloadPolicy``;
+    the optimizer step then runs on the CPU)."""
+
+
+@dataclass
 class PolicyConfig:
     """Which causal LM to train and how to run it."""
 
@@ -96,6 +119,8 @@ class PolicyConfig:
     """Pad token to set when the tokenizer has none (e.g. its eos token)."""
     logprob_chunk_tokens: int = 1024
     """Tokens per chunk when applying the LM head for log-probs (bounds the fp32 logits memory)."""
+    fsdp: FSDPSettings = field(default_factory=FSDPSettings)
+    """How the policy is sharded under FSDP2 (ModelParallelStrategy); the defaults suit most runs."""
 
 
 def resolve_path(path: str | os.PathLike) -> Path:
@@ -200,6 +225,39 @@ def _head_logprobs(hidden: Tensor, targets: Tensor, weight: Tensor, bias: Option
     return logp, entropy
 
 
+def in_root_forward(lm: nn.Module, fn, *args, **kwargs):
+    """``fn(lm, *args, **kwargs)``, run inside ``lm``'s FSDP2 forward when ``lm`` is sharded with ``fully_shard``.
+
+    A sharded root module's own parameters (the embeddings, the final norm, the LM head) are gathered only
+    around its forward: read outside one (calling the decoder submodule, reading ``lm_head.weight``) they are
+    this rank's shard (a DTensor). :func:`shard_causal_lm` registers ``r1l_run`` as an FSDP forward method
+    (``register_fsdp_forward_method``), so ``fn`` sees the gathered parameters and the backward reduce-scatters
+    its gradients. Unsharded: a plain call (the same operations, bit for bit)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(lm, FSDPModule):
+        return fn(lm, *args, **kwargs)
+    run = getattr(lm, "r1l_run", None)
+    if run is None:
+        raise RuntimeError(f"{type(lm).__name__} is sharded with fully_shard but has no registered root forward: "
+                           "shard it with r1lightning.policy.shard_causal_lm (or call register_root_forward on it)")
+    return run(fn, *args, **kwargs)
+
+
+def _run_fn(self, fn, *args, **kwargs):
+    return fn(self, *args, **kwargs)
+
+
+def register_root_forward(lm: nn.Module) -> None:
+    """Give a ``fully_shard``-ed causal LM the ``r1l_run(fn, ...)`` forward method :func:`in_root_forward` uses."""
+    import types
+
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    lm.r1l_run = types.MethodType(_run_fn, lm)
+    register_fsdp_forward_method(lm, "r1l_run")
+
+
 def causal_lm_token_logprobs(
     lm: nn.Module,
     input_ids: Tensor,
@@ -219,8 +277,16 @@ def causal_lm_token_logprobs(
     Positions where ``loss_mask`` (B, K) is 0 are not computed (0 is returned there).
     With packed rows pass ``position_ids`` that restart at 0 per sequence and no attention_mask.
     The LM head is applied ``chunk_tokens`` tokens at a time under activation checkpointing, so the
-    fp32 logits of the whole batch never exist at once.
+    fp32 logits of the whole batch never exist at once. A ``fully_shard``-ed ``lm`` computes it all inside its
+    root forward (:func:`in_root_forward`).
     """
+    return in_root_forward(lm, _causal_lm_token_logprobs, input_ids, attention_mask, logits_to_keep, temperature,
+                           position_ids, loss_mask, chunk_tokens)
+
+
+def _causal_lm_token_logprobs(lm: nn.Module, input_ids: Tensor, attention_mask: Optional[Tensor],
+                              logits_to_keep: Optional[int], temperature: float, position_ids: Optional[Tensor],
+                              loss_mask: Optional[Tensor], chunk_tokens: int) -> tuple[Tensor, Tensor]:
     bsz, seqlen = input_ids.shape
     k = seqlen - 1 if logits_to_keep is None else int(logits_to_keep)
     if not 0 < k < seqlen:
@@ -272,7 +338,13 @@ def packed_token_logprobs(lm: nn.Module, packed: PackedRows, loss_mask: Tensor, 
 
     ``loss_mask`` (B, K) has, row b, as many ones as sequence b has scored tokens (e.g. a completion mask
     whose ones are the completion's tokens in order); returns logp (B, K) and entropy (B, K), 0 where the
-    mask is 0 -- the same values :func:`causal_lm_token_logprobs` gives on the padded batch."""
+    mask is 0 -- the same values :func:`causal_lm_token_logprobs` gives on the padded batch (inside the root
+    forward of a ``fully_shard``-ed ``lm``, as there)."""
+    return in_root_forward(lm, _packed_token_logprobs, packed, loss_mask, temperature, chunk_tokens)
+
+
+def _packed_token_logprobs(lm: nn.Module, packed: PackedRows, loss_mask: Tensor, temperature: float,
+                           chunk_tokens: int) -> tuple[Tensor, Tensor]:
     keep = loss_mask.bool()
     if int(keep.sum()) != packed.targets.numel():
         raise ValueError(f"loss_mask has {int(keep.sum())} scored tokens, the packed rows {packed.targets.numel()}")
@@ -303,7 +375,12 @@ def eval_mode(module: nn.Module):
 def supports_packed_rows(lm: nn.Module) -> bool:
     """Whether ``lm`` keeps sequences packed in one row apart when given restarting position ids and no
     attention mask: the second of two packed sequences must get the hidden states it gets alone. (False for
-    attention implementations or remote-code models that ignore position-id packing and attend across.)"""
+    attention implementations or remote-code models that ignore position-id packing and attend across.)
+    A ``fully_shard``-ed ``lm`` runs it in its root forward: every rank must call it."""
+    return in_root_forward(lm, _supports_packed_rows)
+
+
+def _supports_packed_rows(lm: nn.Module) -> bool:
     decoder = lm.get_decoder()
     device = next(lm.parameters()).device
     vocab = int(lm.config.vocab_size)
@@ -380,6 +457,76 @@ def _lora_merged(layer, kind: str, tensor: Tensor) -> Tensor:
     return out
 
 
+def shard_causal_lm(lm: nn.Module, mesh, settings: Optional[FSDPSettings] = None,
+                    param_dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """FSDP2 ``fully_shard`` of a transformers causal LM: each decoder layer, then the root (embeddings, final
+    norm, LM head), over ``mesh`` (1-D, data parallel), in place. Mixed precision keeps the sharded weights
+    (the optimizer's master weights) in their own dtype, gathers them in ``param_dtype`` for compute, and
+    reduce-scatters gradients in float32. The root gets ``r1l_run`` as an FSDP forward method
+    (:func:`in_root_forward`), which the log-prob functions go through."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    settings = settings or FSDPSettings()
+    kwargs = dict(mesh=mesh, reshard_after_forward=settings.reshard_after_forward,
+                  mp_policy=MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32),
+                  offload_policy=CPUOffloadPolicy() if settings.cpu_offload else OffloadPolicy())
+    layers = getattr(lm.get_decoder(), "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(lm).__name__}: no decoder .layers to shard one by one")
+    for layer in layers:
+        fully_shard(layer, **kwargs)
+    fully_shard(lm, **kwargs)
+    register_root_forward(lm)
+    return lm
+
+
+def _fsdp_mesh_of(module: nn.Module):
+    """The device mesh a ``fully_shard``-ed module's parameters are sharded over."""
+    return next(p for p in module.parameters() if hasattr(p, "device_mesh")).device_mesh
+
+
+def is_sharded(module: Optional[nn.Module]) -> bool:
+    """Whether ``module`` (or, for a peft model, its base model) is ``fully_shard``-ed."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if module is None:
+        return False
+    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    return isinstance(base, FSDPModule)
+
+
+@contextlib.contextmanager
+def gathered_for_inference(lm: nn.Module):
+    """Inside the block every FSDP2 module of ``lm`` holds its full (gathered) weights and forwards run without
+    collectives, so ranks may run different numbers of forwards (``generate``: each rank stops at its own
+    longest completion, or has no prompt at all). Entering gathers (a collective: every rank enters); leaving
+    frees the gathered weights again. No-op for an unsharded ``lm`` and inside another such block."""
+    from torch.distributed.fsdp import FSDPModule
+
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    mods = [m for m in base.modules() if isinstance(m, FSDPModule)]
+    if not mods or getattr(base, "_r1l_gathered", False):
+        yield lm
+        return
+    groups = [g for m in mods for g in m._get_fsdp_state()._fsdp_param_groups]
+    saved = [g.post_forward_mesh_info for g in groups]
+    base._r1l_gathered = True
+    try:
+        for m in mods:
+            m.unshard()
+        for g in groups:
+            # no resharding after each forward while inside (what set_reshard_after_forward(False) sets, restored
+            # exactly on the way out: the root's own setting is special)
+            g.post_forward_mesh_info = None
+        yield lm
+    finally:
+        for g, info in zip(groups, saved):
+            g.post_forward_mesh_info = info
+        for m in mods:
+            m.reshard()
+        base._r1l_gathered = False
+
+
 class Policy(nn.Module):
     """HF causal LM + tokenizer. Call :meth:`build` (idempotent) before use; modules do it in
     ``configure_model`` so FSDP/DeepSpeed can wrap the model after it exists."""
@@ -437,10 +584,23 @@ class Policy(nn.Module):
             raise ValueError(f"the tokenizer of {src!r} has no eos token; generation could never stop")
         return tok
 
-    def build(self) -> nn.Module:
-        """Create (load) the model once; later calls return it."""
+    def build(self, device_mesh=None, param_dtype: Optional[torch.dtype] = None) -> nn.Module:
+        """Create (load) the model once; later calls return it.
+
+        With ``device_mesh`` (a 1-D data-parallel mesh: FSDP2 under ``ModelParallelStrategy``) the model is
+        built sharded by :meth:`_build_sharded` (``param_dtype``: the dtype FSDP2 gathers the weights in for
+        compute, None = their own)."""
         if self.model is not None:
             return self.model
+        if device_mesh is not None:
+            self.model = self._build_sharded(device_mesh, param_dtype)
+        else:
+            self.model = self._create()
+        return self.model
+
+    def _create(self, meta: bool = False, dtype: Optional[torch.dtype] = None) -> nn.Module:
+        """The model as configured (loaded, LoRA applied, in this module's train/eval mode). ``meta``: only its
+        structure, on the meta device, in ``dtype`` (no file is read, nothing is allocated)."""
         from transformers import AutoModelForCausalLM
 
         cfg = self.config
@@ -456,11 +616,21 @@ class Policy(nn.Module):
                 self.tokenizer, t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.intermediate_size,
                 t.max_position_embeddings,
             )
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), torch.device("meta") if meta else contextlib.nullcontext():
                 torch.manual_seed(t.seed)
                 model = AutoModelForCausalLM.from_config(hf_config, **kwargs)
-            if cfg.dtype in _DTYPES:
+            if meta:
+                model = model.to(dtype)
+            elif cfg.dtype in _DTYPES:
                 model = model.to(_DTYPES[cfg.dtype])
+        elif meta:
+            from transformers import AutoConfig
+
+            hf_config = AutoConfig.from_pretrained(str(path), trust_remote_code=cfg.trust_remote_code,
+                                                   local_files_only=cfg.local_files_only)
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+                                                         **kwargs)
         else:
             dtype = "auto" if cfg.dtype == "auto" else _DTYPES[cfg.dtype]
             model = AutoModelForCausalLM.from_pretrained(
@@ -478,18 +648,82 @@ class Policy(nn.Module):
             from peft import LoraConfig, get_peft_model
 
             l = cfg.lora
-            model = get_peft_model(
-                model,
-                LoraConfig(r=l.r, lora_alpha=l.alpha, lora_dropout=l.dropout, target_modules=l.target_modules,
-                           task_type="CAUSAL_LM"),
-            )
+            with torch.device("meta") if meta else contextlib.nullcontext():
+                model = get_peft_model(
+                    model,
+                    LoraConfig(r=l.r, lora_alpha=l.alpha, lora_dropout=l.dropout, target_modules=l.target_modules,
+                               task_type="CAUSAL_LM"),
+                )
             if cfg.gradient_checkpointing:
                 model.enable_input_require_grads()
         # from_pretrained returns the model in eval mode; a trainer needs it in the mode of this module (train
         # unless set otherwise), or dropout and transformers' gradient checkpointing stay off in training
         model.train(self.training)
-        self.model = model
         return model
+
+    def _build_sharded(self, mesh, param_dtype: Optional[torch.dtype]) -> nn.Module:
+        """FSDP2: rank 0 loads the model (CPU) as :meth:`_create` does; every rank builds the same structure on
+        the meta device and shards it (:func:`shard_causal_lm`: each decoder layer, then the root), allocates
+        only its own shards, and receives them from rank 0 with ``set_model_state_dict(full_state_dict=True,
+        broadcast_from_rank0=True)`` one tensor at a time. Only rank 0 ever holds a full copy, and only until
+        the broadcast ends; the other ranks never do. Non-persistent buffers (rotary ``inv_freq``) are not in
+        a state dict: rank 0 broadcasts them too. LoRA adapters are initialised on rank 0 (so every rank and
+        a 1-process run start from the same adapter)."""
+        import torch.distributed as dist
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        group = mesh.get_group()
+        src = dist.get_global_rank(group, 0)
+        source = self._create() if dist.get_rank() == src else None
+        # the meta copies must be built in the loaded dtype ("auto" is read from the checkpoint on rank 0)
+        dtype = [str(next(source.parameters()).dtype).removeprefix("torch.") if source is not None else None]
+        dist.broadcast_object_list(dtype, src=src, group=group)
+        model = self._create(meta=True, dtype=getattr(torch, dtype[0]))
+        lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        shard_causal_lm(lm, mesh, self.config.fsdp, param_dtype)
+        if mesh.device_type == "cpu" or self.config.fsdp.cpu_offload:  # offloaded shards live in CPU memory
+            device = torch.device("cpu")
+        else:
+            device = torch.device(mesh.device_type, torch.accelerator.current_device_index())
+        lm.to_empty(device=device)
+        src_lm = None
+        if source is not None:
+            src_lm = source.get_base_model() if hasattr(source, "get_base_model") else source
+        full = src_lm.state_dict() if src_lm is not None else {}
+        set_model_state_dict(lm, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        del full
+        with torch.no_grad():
+            theirs = dict(src_lm.named_buffers()) if src_lm is not None else {}
+            for name, buf in lm.named_buffers():
+                if src_lm is not None:
+                    buf.copy_(theirs[name])
+                dist.broadcast(buf, src=src, group=group)
+        del source, src_lm, theirs
+        model.train(self.training)
+        return model
+
+    def sharded_frozen_copy(self) -> nn.Module:
+        """A frozen, eval-mode copy of the sharded base causal LM (the GRPO reference): built on the meta device,
+        sharded the same way, and filled shard by shard from this rank's own shards (a local copy, no
+        collective, never a full tensor). Not for LoRA policies (their reference is the base, adapter off)."""
+        from transformers import AutoModelForCausalLM
+
+        lm = self.base_causal_lm()
+        mesh = _fsdp_mesh_of(lm)
+        with torch.device("meta"):
+            ref = AutoModelForCausalLM.from_config(lm.config, dtype=next(lm.parameters()).dtype,
+                                                   trust_remote_code=self.config.trust_remote_code)
+        mp = lm._get_fsdp_state()._mp_policy
+        shard_causal_lm(ref, mesh, self.config.fsdp, mp.param_dtype)
+        ref.to_empty(device=next(lm.parameters()).device)
+        with torch.no_grad():
+            ref.load_state_dict(lm.state_dict())  # DTensor into DTensor of the same layout: shard by shard
+            mine = dict(lm.named_buffers())
+            for name, buf in ref.named_buffers():
+                buf.copy_(mine[name])
+        ref.requires_grad_(False)
+        ref.eval()
+        return ref
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -532,9 +766,17 @@ class Policy(nn.Module):
         return self._packing_ok
 
     # ------------------------------------------------------------------ export
+    @property
+    def sharded(self) -> bool:
+        """Whether the built model is sharded with FSDP2 (``fully_shard``)."""
+        return is_sharded(self.model)
+
     def merged_model(self) -> nn.Module:
-        """The model with any LoRA adapter merged in (a copy when LoRA is on; the model otherwise)."""
+        """The model with any LoRA adapter merged in (a copy when LoRA is on; the model otherwise). A sharded
+        policy has no such model on any rank: see :meth:`plain_copy`, :meth:`save_pretrained`."""
         model = self.build()
+        if self.sharded:
+            raise RuntimeError("the policy is sharded (FSDP2): use plain_copy() (a collective) for a full model")
         if self.is_lora:
             return copy.deepcopy(model).merge_and_unload()
         return model
@@ -556,7 +798,7 @@ class Policy(nn.Module):
           their own merge rule (DoRA, ...) are refused.
         * Sharded (DTensor) parameters are gathered with ``full_tensor()``, a collective: every rank must
           consume the whole iterator, in the same order (the ``state_dict`` order, which is the same on
-          every rank). FSDP2 + LoRA is UNTESTED in this repository.
+          every rank). FSDP2 + LoRA is tested on 2 CPU ranks (tests/test_fsdp.py).
         * ``dtype``: cast each tensor (e.g. fp32 master weights -> the engine's bf16) as it is produced.
         """
         model = self.build()
@@ -588,11 +830,72 @@ class Policy(nn.Module):
                 tensor = _lora_merged(layer, kind, tensor)
             yield name, _export_tensor(tensor, dtype)
 
-    def save_pretrained(self, path: str | os.PathLike, merge_lora: bool = True) -> Path:
-        """Write a folder that ``AutoModelForCausalLM.from_pretrained`` and vLLM load (LoRA merged)."""
+    def _plain_model(self, state_dict: dict[str, Tensor]) -> nn.Module:
+        """An unsharded causal LM of this policy's architecture holding ``state_dict`` (merged names; the tensors
+        are used, not copied), tied weights tied again, non-persistent buffers copied from this rank's model."""
+        from transformers import AutoModelForCausalLM
+
+        lm = self.base_causal_lm()
+        kwargs = {"attn_implementation": self.config.attn_implementation} if self.config.attn_implementation else {}
+        with torch.device("meta"):
+            plain = AutoModelForCausalLM.from_config(lm.config, dtype=next(iter(state_dict.values())).dtype,
+                                                     trust_remote_code=self.config.trust_remote_code, **kwargs)
+        plain.load_state_dict(state_dict, assign=True)
+        plain.tie_weights()
+        with torch.no_grad():
+            persistent = set(plain.state_dict())
+            for name, buf in lm.named_buffers():
+                if name not in persistent:
+                    owner, _, leaf = name.rpartition(".")
+                    plain.get_submodule(owner).register_buffer(leaf, buf.detach().clone(), persistent=False)
+        return plain.train(False)
+
+    @torch.no_grad()
+    def plain_copy(self, dtype: Optional[torch.dtype] = None) -> nn.Module:
+        """An unsharded copy of the model with any LoRA adapter merged, on this rank (eval mode). For a sharded
+        policy it is gathered one tensor at a time (:meth:`merged_weights`): a collective, every rank calls it."""
+        if not self.sharded:
+            model = self.merged_model()
+            return copy.deepcopy(model) if model is self.build() else model
+        return self._plain_model({name: tensor.clone() for name, tensor in self.merged_weights(dtype)})
+
+    def save_pretrained(self, path: str | os.PathLike, merge_lora: bool = True, every_rank: bool = False) -> Path:
+        """Write a folder that ``AutoModelForCausalLM.from_pretrained`` and vLLM load (LoRA merged).
+
+        A sharded (FSDP2) policy: a collective, every rank calls it; the full tensors are gathered one at a time
+        (:meth:`merged_weights`) and kept on CPU by the writing rank only -- rank 0, or every rank with
+        ``every_rank`` (each its own folder, e.g. for a per-rank rollout engine) -- which writes one ordinary
+        ``save_pretrained`` folder. LoRA is always merged then."""
         out = Path(path)
+        if self.sharded:
+            import torch.distributed as dist
+
+            writes = every_rank or dist.get_rank() == 0
+            state = {}
+            for name, tensor in self.merged_weights():
+                if writes:
+                    state[name] = tensor.to("cpu", copy=True)
+                del tensor
+            if writes:
+                out.mkdir(parents=True, exist_ok=True)
+                _save_model(self._plain_model(state), out, every_rank)
+                self.tokenizer.save_pretrained(str(out))
+            return out
         out.mkdir(parents=True, exist_ok=True)
         model = self.merged_model() if merge_lora else self.build()
-        model.save_pretrained(str(out), safe_serialization=True)
+        _save_model(model, out, every_rank)
         self.tokenizer.save_pretrained(str(out))
         return out
+
+
+def _save_model(model: nn.Module, out: Path, every_rank: bool) -> None:
+    """``model.save_pretrained(out)``. transformers 5 writes nothing on a rank other than 0 once torch.distributed is
+    initialised (``should_save_on_this_rank``); with ``every_rank`` this rank writes its own folder anyway (each
+    training rank's rollout engine loads its own copy)."""
+    if every_rank:
+        model.should_save_on_this_rank = lambda is_main_process: is_main_process
+    try:
+        model.save_pretrained(str(out), safe_serialization=True)
+    finally:
+        if every_rank:
+            del model.should_save_on_this_rank

@@ -8,6 +8,9 @@ completions that a small ``micro_batch_tokens`` splits into many more micro-batc
 
     python tests/ddp_grpo_worker.py --devices 2 --out DIR     # writes DIR/rank0.pt, DIR/rank1.pt
     python tests/ddp_grpo_worker.py --devices 1 --out DIR     # the same steps in one process: DIR/rank0.pt
+    python tests/ddp_grpo_worker.py --devices 2 --strategy fsdp --out DIR   # FSDP2 (ModelParallelStrategy)
+
+Saved weights are full tensors (gathered from the shards under FSDP2).
 """
 
 from __future__ import annotations
@@ -99,6 +102,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--micro-batch-tokens", type=int, default=40)
+    ap.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp")
+    ap.add_argument("--max-grad-norm", type=float, default=1.0)
     args = ap.parse_args()
     torch.set_num_threads(1)
     pl.seed_everything(0)
@@ -108,20 +113,28 @@ def main() -> None:
                                                    intermediate_size=64)),
         rewards=[crc_reward], sampling=SamplingSettings(n=4, max_new_tokens=24), beta=0.001, lr=1e-2, mu=2,
         num_minibatches=NUM_MINIBATCHES, micro_batch_tokens=args.micro_batch_tokens, dynamic_sampling="filter",
-        eval_sampling=None, export_dir="none",
+        eval_sampling=None, export_dir="none", max_grad_norm=args.max_grad_norm,
     )
     module.policy.tokenizer = tok
     module.engine = ScriptedEngine()
     rec = Record()
+    if args.strategy == "fsdp":
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        strategy = ModelParallelStrategy(data_parallel_size=args.devices, tensor_parallel_size=1)
+    else:
+        strategy = "ddp" if args.devices > 1 else "auto"
     trainer = pl.Trainer(
-        accelerator="cpu", devices=args.devices, strategy="ddp" if args.devices > 1 else "auto",
+        accelerator="cpu", devices=args.devices, strategy=strategy,
         max_steps=args.steps * NUM_MINIBATCHES * 2, use_distributed_sampler=False, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[rec], default_root_dir=args.out,
     )
     trainer.fit(module, ScriptedData(args.steps, single=args.devices == 1))
     os.makedirs(args.out, exist_ok=True)
-    torch.save({"params": {k: v.detach().clone() for k, v in module.policy.model.state_dict().items()},
+    params = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+              for k, v in module.policy.model.state_dict().items()}
+    torch.save({"params": params, "sharded": module.policy.sharded,
                 "metrics": rec.metrics, "work": rec.work, "global_step": trainer.global_step},
                os.path.join(args.out, f"rank{trainer.global_rank}.pt"))
 

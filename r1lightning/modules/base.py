@@ -13,17 +13,16 @@ from typing import Optional
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from r1lightning.metrics import ConsAtK, PassAtK
-from r1lightning.policy import LoraSettings, Policy, PolicyConfig, TinyModelSettings
+from r1lightning.policy import FSDPSettings, LoraSettings, Policy, PolicyConfig, TinyModelSettings
 from r1lightning.rollout.base import RolloutEngine, SamplingSettings
 
 log = logging.getLogger(__name__)
 
 # checkpoints store hyperparameters; let torch.load(weights_only=True) rebuild our plain config classes
-torch.serialization.add_safe_globals([PolicyConfig, TinyModelSettings, LoraSettings, SamplingSettings])
+torch.serialization.add_safe_globals([PolicyConfig, TinyModelSettings, LoraSettings, FSDPSettings, SamplingSettings])
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:
@@ -87,7 +86,36 @@ class PolicyModule(pl.LightningModule):
         return self.policy.tokenizer
 
     def configure_model(self) -> None:
-        self.policy.build()  # idempotent: Lightning may call it more than once
+        # idempotent: Lightning may call it more than once. Under ModelParallelStrategy: sharded with FSDP2
+        self.policy.build(device_mesh=self.fsdp_mesh(), param_dtype=self.fsdp_param_dtype())
+
+    # ---------------------------------------------------------------- FSDP2
+    def fsdp_mesh(self):
+        """The data-parallel device mesh to shard over (FSDP2), or None when the strategy does not shard.
+
+        ``ModelParallelStrategy`` sets ``device_mesh``; r1lightning shards over its data-parallel dimension only
+        (tensor_parallel_size must be 1)."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None:
+            return None
+        names = mesh.mesh_dim_names or ()
+        if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
+            raise ValueError(
+                f"ModelParallelStrategy(tensor_parallel_size={mesh['tensor_parallel'].size()}): r1lightning shards "
+                "the policy with FSDP2 over data-parallel ranks only; set tensor_parallel_size: 1 and "
+                "data_parallel_size to the number of ranks")
+        return mesh["data_parallel"] if "data_parallel" in names else mesh
+
+    def fsdp_param_dtype(self) -> Optional[torch.dtype]:
+        """The dtype FSDP2 gathers the weights in for compute, from ``trainer.precision`` (bf16-mixed: bfloat16,
+        16-mixed: float16, otherwise None = the weights' own). The sharded master weights keep the policy's
+        dtype (float32) and gradients are reduced in float32."""
+        precision = str(self._trainer.precision) if self._trainer is not None else ""
+        if precision.startswith("bf16"):
+            return torch.bfloat16
+        if precision.startswith("16"):
+            return torch.float16
+        return None
 
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self):
@@ -119,7 +147,12 @@ class PolicyModule(pl.LightningModule):
 
     def grad_norm(self) -> Optional[float]:
         """Global L2 norm of the policy's gradients (None when no parameter has one)."""
-        grads = [p.grad.detach().float().norm() for p in self.policy.build().parameters() if p.grad is not None]
+        grads = [p.grad for p in self.policy.build().parameters() if p.grad is not None]
+        if grads and hasattr(grads[0], "full_tensor"):
+            # FSDP2: each rank holds shards of the gradients; the norm of the local shards, summed over ranks
+            total = torch.nn.utils.get_total_norm([g.detach().float() for g in grads])
+            return float(total.full_tensor())
+        grads = [g.detach().float().norm() for g in grads]
         return float(torch.stack(grads).norm()) if grads else None
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
@@ -229,12 +262,21 @@ class PolicyModule(pl.LightningModule):
             return
         self._export()
 
-    @rank_zero_only
     def _export(self) -> None:
+        """One ``save_pretrained`` folder, written by rank 0. A sharded policy is gathered tensor by tensor on every
+        rank (a collective) and written by rank 0; an unsharded one only by rank 0."""
         path = self.export_dir
         if path == "auto":
+            # the logger's folder as rank 0 names it (the other ranks may not know its version)
             base = self.trainer.log_dir or self.trainer.default_root_dir
             path = os.path.join(base, "hf_model")
-        out = self.policy.save_pretrained(path)
-        log.info("exported the policy to %s", out)
-        print(f"[r1lightning] exported the trained policy (save_pretrained) to {out}")
+        if self.policy.sharded:
+            path = self.trainer.strategy.broadcast(path)
+            out = self.policy.save_pretrained(path)
+        elif self.global_rank == 0:
+            out = self.policy.save_pretrained(path)
+        else:
+            return
+        if self.global_rank == 0:
+            log.info("exported the policy to %s", out)
+            print(f"[r1lightning] exported the trained policy (save_pretrained) to {out}")

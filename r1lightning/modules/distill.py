@@ -79,7 +79,8 @@ class DistillModule(SFTModule):
     def configure_model(self) -> None:
         super().configure_model()
         if self.teacher is not None and self.teacher.model is None:
-            self.teacher.build().requires_grad_(False)
+            # sharded like the student under FSDP2 (no optimizer: frozen)
+            self.teacher.build(device_mesh=self.fsdp_mesh(), param_dtype=self.fsdp_param_dtype()).requires_grad_(False)
             self.teacher.model.eval()
 
     def train(self, mode: bool = True):

@@ -32,6 +32,14 @@ a rank with no rows left still takes part), gradients are all-reduced once per o
 on the other micro-batches), and the loss is normalised by the step's *global* sequence / token count,
 so a 2-rank run takes the same step as one process on the union of both ranks' rollouts.
 
+FSDP2 (``trainer.strategy: ModelParallelStrategy``, see README "Scaling out"): the policy and the reference are
+sharded (the reference is filled from the policy's own shards, and has no optimizer); gradients are
+reduce-scattered after every micro-batch's backward (there is no no_sync), and a padding micro-batch also runs
+the prepare phase's pi_old / pi_ref forwards, since every forward all-gathers. Sampling with the HF engine on the
+training model runs with the weights gathered for the whole rollout or evaluation, so ranks may generate
+different lengths and numbers of sequences; an engine with its own weights (vLLM, async HF) is pushed one
+gathered tensor at a time, in the same order on every rank.
+
 Asynchronous rollouts (``rollout.init_args.async_rollouts: true``, off by default): the engine generates
 the next rollout batch in a background thread (:mod:`r1lightning.rollout.async_worker`) while this step
 optimises on the batch the engine generated during the previous step. ``training_step`` then runs
@@ -76,8 +84,8 @@ from r1lightning.dapo import ScoredCompletions, keep_mask, splice_groups, zero_v
 from r1lightning.guards import finite_rewards, finite_scores
 from r1lightning.losses import grpo_loss
 from r1lightning.modules.base import PolicyModule, expand_columns
-from r1lightning.policy import (PackedRows, PolicyConfig, causal_lm_token_logprobs, eval_mode, pack_rows,
-                                pack_sequences, packed_token_logprobs)
+from r1lightning.policy import (PackedRows, PolicyConfig, causal_lm_token_logprobs, eval_mode, gathered_for_inference,
+                                pack_rows, pack_sequences, packed_token_logprobs)
 from r1lightning.rewards import WeightedReward
 from r1lightning.rollout.async_worker import RolloutJob, RolloutWorker
 from r1lightning.rollout.base import EngineSettings, RolloutBatch, RolloutEngine, SamplingSettings
@@ -435,8 +443,12 @@ class GRPOModule(PolicyModule):
 
     # ---------------------------------------------------------------- model set-up
     def configure_model(self) -> None:
-        self.policy.build()
+        super().configure_model()
         if self.hparams.beta > 0 and not self.policy.is_lora and self.ref_model is None:
+            if self.policy.sharded:
+                # sharded like the policy, filled from this rank's shards of it; no optimizer ever sees it
+                self.ref_model = self.policy.sharded_frozen_copy()
+                return
             import copy
 
             ref = copy.deepcopy(self.policy.base_causal_lm())
@@ -656,10 +668,22 @@ class GRPOModule(PolicyModule):
         engine = self.rollout_engine()
         self.sync_engine("rollout")
         sampling = self._step_sampling()
-        t0 = time.perf_counter()
-        out = engine.generate(prompt_ids, sampling)
-        t_gen = time.perf_counter() - t0
-        return self.score(out, prompt_ids, columns, sampling, t_gen, self._policy_version)
+        # FSDP2 + sampling on the training model: gathered for the whole phase, since DAPO's regeneration runs
+        # only on the ranks that have zero-variance groups
+        with self._sampling_gathered():
+            t0 = time.perf_counter()
+            out = engine.generate(prompt_ids, sampling)
+            t_gen = time.perf_counter() - t0
+            return self.score(out, prompt_ids, columns, sampling, t_gen, self._policy_version)
+
+    def _sampling_gathered(self):
+        """The policy's weights gathered (FSDP2) while the HF engine samples from the training model itself:
+        ranks may then sample different amounts (a rank without prompts, regenerated groups on one rank)."""
+        from r1lightning.rollout.hf import HFRolloutEngine
+
+        if self.policy.sharded and isinstance(self.engine, HFRolloutEngine) and self.engine.model is None:
+            return gathered_for_inference(self.policy.build())
+        return contextlib.nullcontext()
 
     def async_rollout_and_score(self, prompt_ids: list[list[int]], columns: dict[str, list]) -> Optional[Trajectory]:
         """Asynchronous phases wait -> sync -> submit this batch -> score the batch generated during the previous
@@ -788,8 +812,13 @@ class GRPOModule(PolicyModule):
             with eval_mode(self.policy.build()):
                 micro = [self._prepare_micro(rows, traj, need_old, layout=lay) for rows, lay in zip(groups, layout)]
             if len(micro) < mb_micro:
-                padding = padding or self._prepare_micro([0], traj, need_old=False, padding=True)
-                micro += [padding] * int(mb_micro - len(micro))
+                if self.policy.sharded:  # each padding slot takes part in the prepare phase's forwards (FSDP2)
+                    with eval_mode(self.policy.build()):
+                        micro += [self._prepare_micro([0], traj, need_old, padding=True)
+                                  for _ in range(int(mb_micro - len(micro)))]
+                else:
+                    padding = padding or self._prepare_micro([0], traj, need_old=False, padding=True)
+                    micro += [padding] * int(mb_micro - len(micro))
             minibatches.append(MiniBatch(micro, mb_seq, mb_tok))
         if sum(n_seq) == 0:
             self._note_empty_step()
@@ -827,6 +856,13 @@ class GRPOModule(PolicyModule):
             # at least one scored position, so the LM head is in the graph too (an untied head would otherwise get
             # no gradient hook on this backward, and DDP's all-reduce would wait for it)
             cmask[0, 0] = 1
+            if self.policy.sharded:
+                # FSDP2 gathers weights in every forward, no_grad ones included: a padding slot runs the pi_old and
+                # pi_ref forwards a real micro-batch runs, so every rank takes part in the same all-gathers
+                if need_old:
+                    self.policy_logprobs(m)
+                if self.hparams.beta > 0:
+                    self.reference_logprobs(ids, attn, cmask.shape[1], cmask, None)
             return m
         if out.logprobs is not None:
             elp = torch.zeros(cmask.shape, dtype=torch.float32)
@@ -1056,7 +1092,7 @@ class GRPOModule(PolicyModule):
         self.eval_engine()  # the same number of syncs on every rank, whatever its shard
         rank, world, seen = self.global_rank, self._world_size, 0
         # outside training_step Lightning sets no autocast: with bf16-mixed the HF engine would sample in fp32
-        with self.trainer.precision_plugin.forward_context():
+        with self.trainer.precision_plugin.forward_context(), self._sampling_gathered():
             for batch in loader:
                 mine = [i for i in range(len(batch["prompt_ids"])) if (seen + i) % world == rank]
                 seen += len(batch["prompt_ids"])

@@ -4,6 +4,7 @@ of the training process, or in a process of its own (``engine_process``)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -13,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from r1lightning.policy import gathered_for_inference
 from r1lightning.rollout.base import EngineSettings, RolloutBatch, RolloutEngine, SamplingSettings
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ def hf_generate(model, tok, prompt_ids: list[list[int]], sampling: SamplingSetti
                 max_batch_size: int) -> RolloutBatch:
     """Sample ``sampling.n`` completions per prompt with ``model.generate`` (left padding, chunks of
     ``max_batch_size`` sequences, eval mode restored afterwards); group-contiguous rows."""
-    device = next(model.parameters()).device
+    device = _device_of(model)
     was_training = model.training
     model.eval()
     rows = [p for p in prompt_ids for _ in range(sampling.n)]  # group-contiguous
@@ -56,6 +58,9 @@ def hf_generate(model, tok, prompt_ids: list[list[int]], sampling: SamplingSetti
                 pad_token_id=tok.pad_token_id,
                 return_dict_in_generate=True,
                 output_scores=sampling.logprobs,
+                # each rank's forwards run alone (DDP replicas; FSDP2 weights gathered for the call), so no rank
+                # waits for the others' longest completion
+                synced_gpus=False,
             )
             if sampling.temperature > 0:
                 kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
@@ -115,8 +120,11 @@ class HFRolloutEngine(RolloutEngine):
         self.max_batch_size = max_batch_size
         self.model = None
         if own_weights:
-            model = policy.merged_model()  # a copy under LoRA, the training model itself otherwise
-            self.model = copy.deepcopy(model) if model is policy.build() else model
+            if policy.sharded:  # FSDP2: an unsharded copy gathered tensor by tensor (a collective: every rank builds one)
+                self.model = policy.plain_copy()
+            else:
+                model = policy.merged_model()  # a copy under LoRA, the training model itself otherwise
+                self.model = copy.deepcopy(model) if model is policy.build() else model
             self.model.requires_grad_(False)
             self.model.eval()
             self.holds_weights = True
@@ -125,6 +133,13 @@ class HFRolloutEngine(RolloutEngine):
 
     def _sampling_model(self):
         return self.model if self.model is not None else self.policy.build()
+
+    def _gathered(self):
+        """Sampling on a sharded (FSDP2) training model: its weights gathered for the whole call, so each rank
+        may run its own number of forwards (see ``policy.gathered_for_inference``); nothing otherwise."""
+        if self.model is not None:
+            return contextlib.nullcontext()
+        return gathered_for_inference(self.policy.build())
 
     @torch.no_grad()
     def update_weights(self, policy) -> dict:
@@ -149,13 +164,20 @@ class HFRolloutEngine(RolloutEngine):
         if len(token_ids) < 2:
             raise ValueError("a probe needs at least 2 tokens")
         model = self._sampling_model()
-        device = next(model.parameters()).device
-        ids = torch.tensor([token_ids], device=device)
-        logits = model(input_ids=ids).logits[0, :-1].float()  # (L-1, V)
+        ids = torch.tensor([token_ids], device=_device_of(model))
+        with self._gathered():
+            logits = model(input_ids=ids).logits[0, :-1].float()  # (L-1, V)
         return torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None])[:, 0].tolist()
 
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> RolloutBatch:
-        return hf_generate(self._sampling_model(), self.policy.tokenizer, prompt_ids, sampling, self.max_batch_size)
+        with self._gathered():
+            return hf_generate(self._sampling_model(), self.policy.tokenizer, prompt_ids, sampling,
+                               self.max_batch_size)
+
+
+def _device_of(model) -> torch.device:
+    """Where the model computes (a sharded parameter reports its local shard's device)."""
+    return next(model.parameters()).device
 
 
 def _serve(conn, model, tok, max_batch_size: int, threads: int) -> None:

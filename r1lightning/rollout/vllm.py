@@ -527,7 +527,8 @@ class VLLMRolloutEngine(RolloutEngine):
         if _on_cpu():
             check_cpu_head_dim(policy.build().config)
         tmp = tempfile.TemporaryDirectory(prefix="r1l_vllm_")
-        policy.save_pretrained(tmp.name)
+        # a sharded (FSDP2) policy is gathered tensor by tensor; every rank writes the folder its own engine loads
+        policy.save_pretrained(tmp.name, every_rank=True)
         if kwargs.get("dtype", "auto") == "auto":
             # the trainer's dtype, not vLLM's 'auto' (which turns an fp32 checkpoint into fp16/bf16 on GPU):
             # sampling and training then see the same numbers

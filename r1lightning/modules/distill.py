@@ -79,7 +79,11 @@ class DistillModule(SFTModule):
     def configure_model(self) -> None:
         super().configure_model()
         if self.teacher is not None and self.teacher.model is None:
-            self.teacher.build().requires_grad_(False)
+            from r1lightning.zero import build_policy
+
+            # ZeRO-3: partitioned like the student (frozen, so never in the optimizer); its logits come from
+            # its own forward, which gathers each layer, so its head needs no registration
+            build_policy(self, self.teacher, register_head=False).requires_grad_(False)
             self.teacher.model.eval()
 
     def train(self, mode: bool = True):

@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     module = SFTModule(PolicyConfig(model_name_or_path=MODEL), lr=args.lr, lr_schedule="constant",
                        export_dir=str(out / "export"))
     dm = SFTDataModule(train_data=DATA, template="chat", max_length=64, batch_size=args.batch_size,

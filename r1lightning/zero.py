@@ -158,6 +158,11 @@ def check_strategy(module) -> None:
         raise ValueError(
             "LoRA under DeepSpeed is not supported here (the export merges adapters from full weights, and "
             "ZeRO partitions them); train LoRA with strategy: ddp, or without LoRA under DeepSpeed")
+    if getattr(module, "eval_sampling", None) is not None and zero_stage(strategy.config or {}) == 3:
+        raise ValueError(
+            "eval_sampling under ZeRO-3 is not supported: every forward of a partitioned model is a collective, and "
+            "sampling stops at different lengths on different ranks, so generation would hang. Set "
+            "model.init_args.eval_sampling: null (validation loss is still computed), or use ZeRO-2")
     reconcile_config(strategy.config or {}, precision=str(trainer.precision),
                      gradient_clip_val=trainer.gradient_clip_val,
                      accumulate_grad_batches=trainer.accumulate_grad_batches)

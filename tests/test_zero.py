@@ -135,6 +135,18 @@ def test_lora_under_deepspeed_is_refused():
         module.setup("fit")
 
 
+def test_sampled_evaluation_under_zero3_is_refused():
+    from r1lightning.modules import SFTModule
+    from r1lightning.rollout import SamplingSettings
+
+    module = _attach(SFTModule(policy=TINY, eval_sampling=SamplingSettings(n=1)), _trainer(precision="bf16-mixed"))
+    with pytest.raises(ValueError, match="generation would hang"):
+        module.setup("fit")
+    module = _attach(SFTModule(policy=TINY, eval_sampling=SamplingSettings(n=1)),
+                     _trainer(strategy=DeepSpeedStrategy(stage=2), precision="bf16-mixed"))
+    module.setup("fit")  # ZeRO-2 keeps whole parameters on every rank: generation needs no collective
+
+
 @pytest.mark.parametrize("name,stage", [("zero2.json", 2), ("zero3.json", 3)])
 def test_shipped_json_builds_a_strategy_that_agrees_with_a_typical_trainer(name, stage):
     from r1lightning.modules import SFTModule
@@ -313,3 +325,41 @@ def test_zero2_bf16_keeps_fp32_masters_and_exports_them(zero3_runs, tmp_path, mo
     d32 = torch.cat([(fp32[k] - start[k]).flatten() for k in got])
     cos = float(torch.nn.functional.cosine_similarity(d16, d32, dim=0))
     assert cos > 0.8, f"bf16 ZeRO-2 update direction vs fp32: cosine {cos:.3f}"  # measured 0.95
+
+
+# ---------------------------------------------------------------- the full-scale recipes
+def _printed_config(config: str) -> dict:
+    import yaml
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "r1lightning", "fit", "--config", config, "--print_config"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return yaml.safe_load(proc.stdout)  # stdout is YAML only, although DeepSpeed logs at import
+
+
+def test_distill_zero3_recipe_agrees_with_its_deepspeed_json():
+    cfg = _printed_config("configs/distill_1p5b_zero3.yaml")
+    tr = cfg["trainer"]
+    assert tr["strategy"]["class_path"] == "lightning.pytorch.strategies.DeepSpeedStrategy"
+    assert tr["precision"] == "bf16-mixed" and cfg["model"]["init_args"]["policy"]["dtype"] == "float32"
+    strategy = DeepSpeedStrategy(config=str(ROOT / tr["strategy"]["init_args"]["config"]))
+    assert zero.zero_stage(strategy.config) == 3
+    zero.reconcile_config(strategy.config, precision=tr["precision"], gradient_clip_val=tr["gradient_clip_val"],
+                          accumulate_grad_batches=tr["accumulate_grad_batches"])
+    assert cfg["model"]["init_args"]["eval_sampling"] is None  # refused under ZeRO-3
+
+
+def test_r1_zero_7b_recipe_shards_over_all_ranks_with_fsdp2():
+    cfg = _printed_config("configs/r1_zero_7b_fsdp.yaml")
+    tr, model = cfg["trainer"], cfg["model"]["init_args"]
+    assert tr["strategy"]["class_path"] == "lightning.pytorch.strategies.ModelParallelStrategy"
+    dp = tr["strategy"]["init_args"]
+    assert dp["data_parallel_size"] == tr["devices"] * tr["num_nodes"] and dp["tensor_parallel_size"] == 1
+    assert tr["precision"] == "bf16-mixed" and model["policy"]["dtype"] == "float32"
+    assert cfg["model"]["class_path"] == "r1lightning.modules.GRPOModule"
+    # R1-Zero: accuracy + format rewards, Table 1 template, the paper's RL hyperparameters
+    assert set(model["rewards"]) == {"accuracy", "format"} and cfg["data"]["init_args"]["template"] == "r1_zero"
+    assert (model["lr"], model["beta"], model["sampling"]["n"], model["epsilon_low"], tr["max_steps"]) == \
+        (3e-6, 0.001, 16, 10.0, 10400)
+    assert model["rollout"]["class_path"] == "r1lightning.rollout.VLLMEngineSettings"

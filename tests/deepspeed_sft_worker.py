@@ -81,11 +81,20 @@ def main() -> None:
     ap.add_argument("--ckpt-every", type=int, default=0)
     ap.add_argument("--resume", default=None)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--kd-weight", type=float, default=0.0,
+                    help="> 0: DistillModule with the tiny base as a frozen teacher (partitioned too under ZeRO-3)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    module = SFTModule(PolicyConfig(model_name_or_path=MODEL), lr=args.lr, lr_schedule="constant",
-                       export_dir=str(out / "export"))
+    if args.kd_weight > 0:
+        from r1lightning.modules.distill import DistillModule
+
+        module = DistillModule(PolicyConfig(model_name_or_path=MODEL), teacher=PolicyConfig(model_name_or_path=MODEL),
+                               kd_weight=args.kd_weight, lr=args.lr, lr_schedule="constant",
+                               export_dir=str(out / "export"))
+    else:
+        module = SFTModule(PolicyConfig(model_name_or_path=MODEL), lr=args.lr, lr_schedule="constant",
+                           export_dir=str(out / "export"))
     dm = SFTDataModule(train_data=DATA, template="chat", max_length=64, batch_size=args.batch_size,
                        tokenizer=module.policy.tokenizer)
     rec = Recorder()
@@ -105,6 +114,14 @@ def main() -> None:
     torch.save({
         "batches": rec.batches, "grad_norms": rec.grad_norms, "global_step": trainer.global_step,
         "param_dtypes": sorted({str(p.dtype) for p in module.policy.build().parameters()}),
+        "teacher": None if getattr(module, "teacher", None) is None else {
+            "trainable": sum(p.requires_grad for p in module.teacher.build().parameters()),
+            # ZeRO-3 keeps this rank's partition in ds_tensor (tiny parameters are also kept whole, "persistent")
+            "zero_params": sum(hasattr(p, "ds_id") for p in module.teacher.build().parameters()),
+            "partition_numel": sum(p.ds_tensor.numel() for p in module.teacher.build().parameters()
+                                   if hasattr(p, "ds_tensor")),
+            "full_numel": sum(getattr(p, "ds_numel", p.numel()) for p in module.teacher.build().parameters()),
+            "training_mode": module.teacher.build().training},
         "master_dtypes": sorted({str(t.dtype) for t in masters}),
         "config": {k: v for k, v in trainer.strategy.config.items() if isinstance(v, (int, float, str, dict))},
     }, out / f"rank{trainer.global_rank}.pt")

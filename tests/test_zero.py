@@ -7,7 +7,8 @@ compensation rests on (pinned, so a fix upstream fails here instead of silently 
 Slow (2 CPU ranks under torchrun, gloo; Lightning's real DeepSpeedStrategy with only its CUDA checks
 removed, see tests/deepspeed_sft_worker.py): ZeRO-3 SFT with accumulation and clipping matches a
 one-process PyTorch loop over the same micro-batches (grad norms and final weights), a ZeRO-3 sharded
-checkpoint resumes to bit-identical weights, and a ZeRO-2 bf16 run keeps fp32 master weights and exports them.
+checkpoint resumes to bit-identical weights, distillation with a partitioned frozen teacher matches one
+process too, and a ZeRO-2 bf16 run keeps fp32 master weights and exports them.
 """
 
 from __future__ import annotations
@@ -233,13 +234,15 @@ def _exported(out: Path) -> dict:
     return load_file(str(out / "export" / "model.safetensors"))
 
 
-def _reference(records: list[dict], steps: int, accumulate: int, clip: float, lr: float):
+def _reference(records: list[dict], steps: int, accumulate: int, clip: float, lr: float, kd_weight: float = 0.0):
     """One process, plain PyTorch: each step's gradient is the mean over the ranks' micro-batches (what
     data-parallel training computes), clipped like DeepSpeed (norm, coefficient clip / (norm + 1e-6))."""
-    from r1lightning.modules import SFTModule
+    from r1lightning.modules import DistillModule, SFTModule
     from r1lightning.policy import PolicyConfig as PC
 
-    module = SFTModule(PC(model_name_or_path="r1lightning/assets/tiny_base"), export_dir="none")
+    base = PC(model_name_or_path="r1lightning/assets/tiny_base")
+    module = DistillModule(base, teacher=base, kd_weight=kd_weight, export_dir="none") if kd_weight > 0 \
+        else SFTModule(base, export_dir="none")
     module.configure_model()
     module.train()
     params = [p for p in module.parameters() if p.requires_grad]
@@ -302,6 +305,24 @@ def test_zero3_sharded_checkpoint_resumes_exactly(zero3_runs):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run's weights differ from the uninterrupted run's"
     assert resumed[0]["grad_norms"][1::2] == full[0]["grad_norms"][5::2]  # steps 3 and 4 saw the same gradients
+
+
+@pytest.mark.slow
+def test_distillation_with_a_partitioned_frozen_teacher_matches_one_process(tmp_path, monkeypatch):
+    """DistillModule (NLL + forward KL to the teacher, kd_weight 0.5) under ZeRO-3 on 2 ranks: the teacher is
+    partitioned like the student, frozen and in eval mode, and the student trains as in one process."""
+    monkeypatch.chdir(ROOT)
+    recs = _torchrun(tmp_path, "--stage", "3", "--steps", "3", "--accumulate", "1", "--clip", "0.5",
+                     "--kd-weight", "0.5")
+    teacher = recs[0]["teacher"]
+    assert teacher["trainable"] == 0 and teacher["training_mode"] is False
+    assert teacher["zero_params"] == 38  # every teacher parameter is managed by ZeRO-3 ...
+    assert teacher["partition_numel"] * 2 == teacher["full_numel"]  # ... and this rank owns half of it
+    ref, ref_norms = _reference(recs, steps=3, accumulate=1, clip=0.5, lr=1e-3, kd_weight=0.5)
+    assert recs[0]["grad_norms"] == pytest.approx(ref_norms, rel=1e-5)
+    got = _exported(tmp_path)
+    diff = max(float((got[k] - ref[k]).abs().max()) for k in got)
+    assert diff < 2e-5, f"distillation under ZeRO-3 vs one process: max |dw| {diff:.3g}"
 
 
 @pytest.mark.slow

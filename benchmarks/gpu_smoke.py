@@ -1,4 +1,4 @@
-"""GPU smoke test of the colocated vLLM path: one script, one GPU, under 10 minutes. UNTESTED ON GPU so far
+"""GPU smoke test (colocated vLLM, DeepSpeed ZeRO-3 SFT, FSDP2): one script, one GPU, under 10 minutes. UNTESTED ON GPU so far
 (written on CPU machines; importable and argument-checked there by tests/rollout/test_gpu_smoke_script.py).
 
     python benchmarks/gpu_smoke.py                      # all phases; JSON summary on stdout, exit 1 on any failure
@@ -19,6 +19,21 @@ What it asserts (each phase in its own subprocess: one vLLM engine per process, 
   bf16-mixed, ``rollout=VLLMEngineSettings(dtype="bfloat16", enable_sleep_mode=True)``, the
   ``VLLMRolloutRefresh`` callback verifying each push), checkpointed.
 * ``resume``: a new process resumes that checkpoint and trains two more steps, pushes verified.
+* ``zero3``: DeepSpeed ZeRO-3 SFT (``SFTModule`` on the shipped tiny base, loaded by ``from_pretrained``
+  into ZeRO-3 partitions; Lightning ``Trainer`` with ``DeepSpeedStrategy(stage=3)``, ``bf16-mixed``,
+  ``gradient_clip_val`` and ``accumulate_grad_batches`` reaching DeepSpeed's config), a few steps, a sharded
+  checkpoint per step and the fp32-master export; asserts bf16 module weights over fp32 master partitions,
+  a logged grad norm, weights that moved. Needs ``pip install deepspeed``.
+* ``zero3_resume``: a new process resumes the ZeRO-3 checkpoint and trains two more steps.
+* ``fsdp_sft`` / ``fsdp_grpo``: FSDP2 on one GPU through the real CLI (``python -m r1lightning fit``) with
+  ``--trainer.strategy`` = ``ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1)`` and
+  ``bf16-mixed``: SFT from configs/sft_tiny_base.yaml, and GRPO from configs/r1_zero.yaml with a colocated
+  bf16 vLLM engine whose pushes are verified; each checkpoints and exports. (The arguments are checked to
+  parse on CPU by tests/rollout/test_gpu_smoke_script.py.)
+
+Every phase runs in its own subprocess and reports on its own: a failing phase does not hide the others. A
+summary line per phase and a final tally go to stderr, the JSON summary to stdout. The full list may not fit
+one 10-minute slot (``--budget``; the phases left are reported as skipped): run the rest with ``--phases``.
 
 Each phase reports ``torch.cuda.max_memory_allocated`` (the trainer's caching allocator; vLLM's
 sleep-mode pool is allocated outside it) and the device-wide used memory from ``torch.cuda.mem_get_info``.
@@ -43,7 +58,8 @@ import sys
 import time
 from pathlib import Path
 
-PHASES = ("fp32", "bf16", "grpo", "resume")
+PHASES = ("fp32", "bf16", "grpo", "resume", "zero3", "zero3_resume", "fsdp_sft", "fsdp_grpo")
+NEEDS_VLLM = ("fp32", "bf16", "grpo", "resume", "fsdp_grpo")
 GIB = 1 << 30
 # tiny Llama: head_dim = 256 / 4 = 64 (an attention-kernel size every vLLM backend has)
 TINY = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
@@ -63,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def missing_requirements() -> list[str]:
-    """What this machine lacks for the smoke test (empty = ready)."""
+def missing_requirements(phases=PHASES) -> list[str]:
+    """What this machine lacks for the smoke test's ``phases`` (empty = ready)."""
     import importlib.util
 
     missing = []
@@ -75,8 +91,10 @@ def missing_requirements() -> list[str]:
             missing.append("CUDA (torch.cuda.is_available() is False: no GPU, or a CPU build of torch)")
     except ImportError:
         missing.append("torch")
-    if importlib.util.find_spec("vllm") is None:
+    if importlib.util.find_spec("vllm") is None and any(p in NEEDS_VLLM for p in phases):
         missing.append("vllm (see the note at the top of this file on carrying a wheel or a venv)")
+    if importlib.util.find_spec("deepspeed") is None and any(p.startswith("zero3") for p in phases):
+        missing.append("deepspeed (pip install deepspeed; the zero3 phases)")
     return missing
 
 
@@ -264,11 +282,131 @@ def _grpo_phase(root: Path, steps: int, resume: bool) -> dict:
     return res
 
 
+# ---------------------------------------------------------------- DeepSpeed ZeRO-3 SFT
+ZERO3_STEPS = 3
+
+
+def _zero3_phase(root: Path, resume: bool) -> dict:
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    from r1lightning.data import SFTDataModule
+    from r1lightning.modules import SFTModule
+    from r1lightning.policy import PolicyConfig
+
+    torch.cuda.reset_peak_memory_stats()
+    failures: list[str] = []
+    base = Path(__file__).resolve().parents[1] / "r1lightning" / "assets" / "tiny_base"
+    module = SFTModule(PolicyConfig(model_name_or_path=str(base), dtype="float32"), lr=1e-3,
+                       lr_schedule="constant", export_dir=str(root / ("zero3_export_resumed" if resume else "zero3_export")))
+    dm = SFTDataModule(train_data="synthetic:arithmetic?n=256&split=train&seed=0", template="chat", max_length=96,
+                       batch_size=8, tokenizer=module.policy.tokenizer)
+    ckpt_dir = root / "zero3_ckpt"
+    ckpts = sorted(ckpt_dir.glob("*.ckpt"), key=os.path.getmtime) if resume else []
+    if resume and not ckpts:
+        return {"failures": [f"no checkpoint under {ckpt_dir} (run the zero3 phase first)"]}
+    target = ZERO3_STEPS + 2 if resume else ZERO3_STEPS
+    trainer = pl.Trainer(
+        accelerator="gpu", devices=1, strategy=DeepSpeedStrategy(stage=3), precision="bf16-mixed",
+        max_steps=target, gradient_clip_val=1.0, accumulate_grad_batches=2, default_root_dir=root, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        callbacks=[pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_top_k=-1)])
+    t0 = time.perf_counter()
+    trainer.fit(module, dm, ckpt_path=str(ckpts[-1]) if resume else None)
+    engine = trainer.strategy.deepspeed_engine
+    masters = getattr(engine.optimizer, "fp32_partitioned_groups_flat", [])
+    res = {"fit_s": time.perf_counter() - t0, "global_step": int(trainer.global_step),
+           "config": {k: trainer.strategy.config.get(k) for k in ("gradient_clipping", "gradient_accumulation_steps",
+                                                                  "bf16", "zero_optimization")},
+           "param_dtypes": sorted({str(p.dtype) for p in module.policy.build().parameters()}),
+           "master_dtypes": sorted({str(t.dtype) for t in masters}),
+           "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}, "end": _memory(torch)}
+    _check(trainer.global_step == target, f"global_step {trainer.global_step} != {target}", failures)
+    _check(res["config"]["gradient_clipping"] == 1.0 and res["config"]["gradient_accumulation_steps"] == 2,
+           f"trainer clip / accumulation not in DeepSpeed's config: {res['config']}", failures)
+    _check(res["param_dtypes"] == ["torch.bfloat16"] and res["master_dtypes"] == ["torch.float32"],
+           f"expected bf16 weights over fp32 masters, got {res['param_dtypes']} / {res['master_dtypes']}", failures)
+    _check("train/grad_norm" in res["metrics"], "no train/grad_norm logged", failures)
+    _check(all(v == v and abs(v) != float("inf") for v in res["metrics"].values()), "non-finite metric", failures)
+    export = root / ("zero3_export_resumed" if resume else "zero3_export") / "model.safetensors"
+    _check(export.exists(), f"no export at {export}", failures)
+    if export.exists():
+        from safetensors.torch import load_file
+        from transformers import AutoModelForCausalLM
+
+        got = load_file(str(export))
+        start = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).state_dict()
+        moved = max(float((got[k].float() - start[k]).abs().max()) for k in got)
+        res["max_weight_change"] = moved
+        _check(moved > 1e-4, f"the exported weights did not move ({moved:.3g})", failures)
+        _check(all(t.dtype == torch.float32 for t in got.values()), "export is not the fp32 masters", failures)
+    res["failures"] = failures
+    return res
+
+
+# ---------------------------------------------------------------- FSDP2 through the CLI
+FSDP_STRATEGY = ('{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy", '
+                 '"init_args": {"data_parallel_size": 1, "tensor_parallel_size": 1}}')
+
+
+def fsdp_cli_args(phase: str, root: Path) -> list[str]:
+    """``python -m r1lightning`` arguments of an FSDP2 phase (run from the repository root)."""
+    out = root / phase
+    ckpt = ('[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": '
+            f'{{"dirpath": "{out / "ckpt"}", "every_n_train_steps": 1, "save_top_k": -1}}}}]')
+    common = ["--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.strategy", FSDP_STRATEGY,
+              "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "3", "--trainer.max_time", "null",
+              "--trainer.default_root_dir", str(out), "--trainer.logger", "false",
+              "--trainer.enable_progress_bar", "false", "--trainer.num_sanity_val_steps", "0",
+              "--trainer.enable_checkpointing", "true",
+              "--trainer.limit_val_batches", "0", "--model.init_args.export_dir", str(out / "export"),
+              "--model.init_args.eval_sampling", "null"]
+    if phase == "fsdp_sft":
+        return ["fit", "--config", "configs/sft_tiny_base.yaml", *common, "--trainer.callbacks", ckpt,
+                "--model.init_args.policy.dtype", "float32", "--data.init_args.batch_size", "16"]
+    tiny = json.dumps({"model_name_or_path": None, "dtype": "float32", "tiny": TINY})
+    rollout = json.dumps({"class_path": "r1lightning.rollout.VLLMEngineSettings", "init_args": {
+        "dtype": "bfloat16", "gpu_memory_utilization": GPU_MEMORY_UTILIZATION, "enforce_eager": True,
+        "enable_sleep_mode": True, "max_num_batched_tokens": 2048}})
+    callbacks = ckpt[:-1] + ', {"class_path": "r1lightning.callbacks.VLLMRolloutRefresh"}]'
+    return ["fit", "--config", "configs/r1_zero.yaml", *common, "--trainer.callbacks", callbacks,
+            "--model.init_args.policy", tiny, "--model.init_args.rollout", rollout,
+            # a random tiny model solves nothing: a reward that varies within every group keeps each step an update
+            "--model.init_args.rewards", '{"benchmarks.gpu_smoke:length_reward": 1.0}',
+            "--model.init_args.sampling.max_new_tokens", "16", "--model.init_args.sampling.n", "4",
+            "--data.init_args.batch_size", "4"]
+
+
+def _fsdp_phase(phase: str, root: Path, timeout: int) -> dict:
+    out = root / phase
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    cmd = [sys.executable, "-m", "r1lightning", *fsdp_cli_args(phase, root)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    res = {"fit_s": time.perf_counter() - t0, "returncode": proc.returncode, "command": " ".join(cmd)}
+    failures: list[str] = []
+    _check(proc.returncode == 0, f"`python -m r1lightning fit` exited {proc.returncode}", failures)
+    ckpts = sorted(p.name for p in (out / "ckpt").glob("*")) if (out / "ckpt").exists() else []
+    res["checkpoints"] = ckpts
+    _check(any("step=3" in c for c in ckpts), f"no step-3 checkpoint under {out / 'ckpt'}: {ckpts}", failures)
+    _check((out / "export" / "config.json").exists(), "no exported HF folder", failures)
+    if failures:
+        res["stderr"] = proc.stderr[-4000:]
+    res["failures"] = failures
+    return res
+
+
 def run_child(phase: str, workdir: Path, steps: int) -> dict:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # colocated: engine core in this process
     import torch
 
     torch.manual_seed(0)
+    if phase.startswith("zero3"):
+        return _zero3_phase(workdir, resume=(phase == "zero3_resume"))
+    if phase.startswith("fsdp"):
+        return _fsdp_phase(phase, workdir, timeout=220)
     if phase == "fp32":
         return _push_phase("float32", with_sleep_checks=True)
     if phase == "bf16":
@@ -288,7 +426,7 @@ def main(argv=None) -> int:
             res = {"failures": [f"{type(err).__name__}: {err}"], "traceback": traceback.format_exc()[-4000:]}
         print("RESULT " + json.dumps(res, default=str), flush=True)
         return 1 if res.get("failures") else 0
-    missing = missing_requirements()
+    missing = missing_requirements(args.phases)
     if missing:
         print("gpu_smoke: cannot run here, missing: " + "; ".join(missing), file=sys.stderr)
         return 2
@@ -326,6 +464,8 @@ def main(argv=None) -> int:
               f" ({res['wall_s']:.0f} s, peak torch {mem.get('max_allocated_gib', float('nan')):.2f} GiB,"
               f" device used {mem.get('device_used_gib', float('nan')):.2f} GiB)", file=sys.stderr, flush=True)
     summary["ok"] = ok
+    tally = {name: ("ok" if not r.get("failures") else "FAILED") for name, r in summary["phases"].items()}
+    print("[gpu_smoke] summary: " + ", ".join(f"{k} {v}" for k, v in tally.items()), file=sys.stderr, flush=True)
     text = json.dumps(summary, indent=2, default=str)
     print(text)
     if args.out:

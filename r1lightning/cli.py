@@ -191,8 +191,22 @@ class R1CLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
+def _deepspeed_logs_to_stderr() -> None:
+    """DeepSpeed logs its accelerator detection to stdout when first imported, and transformers (through
+    accelerate) imports it whenever it is installed: import it here with stdout pointed at stderr, which its
+    log handler keeps, so that stdout (``--print_config``) stays pure YAML."""
+    import contextlib
+    import importlib.util
+
+    if "deepspeed" in sys.modules or importlib.util.find_spec("deepspeed") is None:
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        import deepspeed  # noqa: F401
+
+
 def main(args: list[str] | None = None) -> R1CLI:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _deepspeed_logs_to_stderr()
     return R1CLI(
         pl.LightningModule,
         pl.LightningDataModule,

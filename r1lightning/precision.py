@@ -17,8 +17,9 @@ Only trainable parameters matter: a frozen bf16 base under fp32 LoRA adapters (p
 float32 by default) and a frozen bf16 reference model are fine. There is no opt-out: the optimisers
 here are plain AdamW, and nothing in this project compensates the rounding (Kahan summation,
 stochastic rounding), so bf16 trainable weights are always a mistake here rather than a trade-off.
-A strategy that keeps its own fp32 master copy while exposing bf16 parameters (DeepSpeed's bf16
-optimiser) would be refused too; none is supported yet.
+The one exception is a strategy that keeps its own fp32 master copy while exposing bf16 parameters:
+DeepSpeed ZeRO (stages 1-3) with ``bf16`` enabled, whose optimizer holds fp32 master partitions and
+fp32 AdamW moments; ``r1lightning.zero.keeps_fp32_master`` tells the modules to skip this check there.
 """
 
 from __future__ import annotations

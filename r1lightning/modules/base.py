@@ -86,8 +86,11 @@ class PolicyModule(pl.LightningModule):
         return self.policy.tokenizer
 
     def configure_model(self) -> None:
-        # idempotent: Lightning may call it more than once. Under ModelParallelStrategy: sharded with FSDP2
-        self.policy.build(device_mesh=self.fsdp_mesh(), param_dtype=self.fsdp_param_dtype())
+        from r1lightning.zero import build_policy
+
+        # idempotent: Lightning may call it more than once. Under ModelParallelStrategy: sharded with FSDP2; under
+        # DeepSpeed ZeRO-3: loaded into partitions
+        build_policy(self, self.policy, device_mesh=self.fsdp_mesh(), param_dtype=self.fsdp_param_dtype())
 
     # ---------------------------------------------------------------- FSDP2
     def fsdp_mesh(self):
@@ -120,11 +123,14 @@ class PolicyModule(pl.LightningModule):
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self):
         from r1lightning.precision import check_master_weights
+        from r1lightning.zero import keeps_fp32_master
 
         hp = self.hparams
         named = [(n, p) for n, p in self.policy.build().named_parameters() if p.requires_grad]
-        # bf16/fp16 trainable weights would round AdamW steps at lr 3e-6 away: refuse them (r1lightning.precision)
-        check_master_weights(named, self._trainer.precision if self._trainer is not None else None)
+        # bf16/fp16 trainable weights would round AdamW steps at lr 3e-6 away: refuse them (r1lightning.precision),
+        # unless DeepSpeed ZeRO's optimizer keeps the fp32 master copy of its bf16 parameters
+        if not keeps_fp32_master(self._trainer):
+            check_master_weights(named, self._trainer.precision if self._trainer is not None else None)
         params = [p for _, p in named]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]  # norms and biases are not decayed
@@ -223,6 +229,9 @@ class PolicyModule(pl.LightningModule):
         return reduce_over_ranks(self, values, op)
 
     def setup(self, stage: str) -> None:
+        from r1lightning.zero import check_strategy
+
+        check_strategy(self)  # DeepSpeed: refuse GRPO and configs that disagree with the trainer (r1lightning.zero)
         if self._trainer is not None and self._world_size == 1:
             # A colocated vLLM engine initialises a world-size-1 torch.distributed group in this process; Lightning
             # then advises sync_dist=True for every epoch-level value although nothing is distributed (and on
@@ -260,11 +269,14 @@ class PolicyModule(pl.LightningModule):
     def on_fit_end(self) -> None:
         if self.export_dir in (None, "", "none"):
             return
-        self._export()
+        from r1lightning.zero import full_state_dict
 
-    def _export(self) -> None:
-        """One ``save_pretrained`` folder, written by rank 0. A sharded policy is gathered tensor by tensor on every
-        rank (a collective) and written by rank 0; an unsharded one only by rank 0."""
+        self._export(full_state_dict(self, self.policy))  # DeepSpeed: gathered on every rank, rank 0 writes
+
+    def _export(self, state_dict: Optional[dict] = None) -> None:
+        """One ``save_pretrained`` folder, written by rank 0. A sharded (FSDP2) policy is gathered tensor by tensor
+        on every rank (a collective) and written by rank 0; under DeepSpeed ``state_dict`` holds the gathered fp32
+        masters on rank 0; an unsharded policy is written by rank 0 alone."""
         path = self.export_dir
         if path == "auto":
             # the logger's folder as rank 0 names it (the other ranks may not know its version)
@@ -273,10 +285,15 @@ class PolicyModule(pl.LightningModule):
         if self.policy.sharded:
             path = self.trainer.strategy.broadcast(path)
             out = self.policy.save_pretrained(path)
-        elif self.global_rank == 0:
-            out = self.policy.save_pretrained(path)
-        else:
+        elif self.global_rank != 0:
             return
+        elif state_dict is None:
+            out = self.policy.save_pretrained(path)
+        else:  # the module holds partitions (ZeRO-3) or bf16 copies (ZeRO bf16): write the gathered fp32 weights
+            os.makedirs(path, exist_ok=True)
+            self.policy.build().save_pretrained(path, state_dict=state_dict, safe_serialization=True)
+            self.policy.tokenizer.save_pretrained(path)
+            out = path
         if self.global_rank == 0:
             log.info("exported the policy to %s", out)
             print(f"[r1lightning] exported the trained policy (save_pretrained) to {out}")

@@ -79,8 +79,12 @@ class DistillModule(SFTModule):
     def configure_model(self) -> None:
         super().configure_model()
         if self.teacher is not None and self.teacher.model is None:
-            # sharded like the student under FSDP2 (no optimizer: frozen)
-            self.teacher.build(device_mesh=self.fsdp_mesh(), param_dtype=self.fsdp_param_dtype()).requires_grad_(False)
+            from r1lightning.zero import build_policy
+
+            # sharded like the student under FSDP2, partitioned under ZeRO-3 (frozen, so never in the optimizer);
+            # its logits come from its own forward, which gathers each layer, so its head needs no registration
+            build_policy(self, self.teacher, register_head=False, device_mesh=self.fsdp_mesh(),
+                         param_dtype=self.fsdp_param_dtype()).requires_grad_(False)
             self.teacher.model.eval()
 
     def train(self, mode: bool = True):

@@ -15,6 +15,7 @@ import torch
 from r1lightning.modules.base import PolicyModule
 from r1lightning.policy import PolicyConfig
 from r1lightning.rollout.base import SamplingSettings
+from r1lightning.zero import accumulation_compensation, deepspeed_strategy
 
 
 def masked_nll(logp: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -75,15 +76,25 @@ class SFTModule(PolicyModule):
         bs = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/tokens", stats["tokens"], reduce_fx="sum", batch_size=bs)
-        return loss
+        # DeepSpeed: Lightning and engine.backward both divide by the accumulation count (r1lightning.zero)
+        return loss * accumulation_compensation(self._trainer)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         dt = time.perf_counter() - self._t_batch
         ntok = float(batch["loss_mask"].sum()) if "loss_mask" in batch else 0.0
         self.log("train/tokens_per_s", ntok / max(dt, 1e-9))
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        strategy = deepspeed_strategy(self._trainer)
+        if strategy is not None and (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
+            # ZeRO keeps gradients in its own partitions (p.grad is None): the norm its step computed, before
+            # clipping, over all ranks
+            norm = strategy.deepspeed_engine.get_global_grad_norm()
+            if norm is not None:
+                self.log("train/grad_norm", float(norm))
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        if deepspeed_strategy(self._trainer) is not None:
+            return  # logged after DeepSpeed's step instead (on_train_batch_end)
         norm = self.grad_norm()
         if norm is not None:  # the norm before clipping (Lightning clips after this hook)
             self.log("train/grad_norm", norm)

@@ -59,8 +59,6 @@ class TinyModelSettings:
 
     vocab_size: int = 512
     """BPE vocabulary size of the offline tokenizer (used only when no tokenizer path is given)."""
-    corpus_tasks: Optional[list[str]] = None
-    """Synthetic tasks whose text trains the offline tokenizer's merges (None: arithmetic and countdown)."""
     hidden_size: int = 128
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
@@ -417,8 +415,7 @@ class Policy(nn.Module):
         if src is None:
             from r1lightning.tiny import build_tiny_tokenizer
 
-            tiny = cfg.tiny or TinyModelSettings()
-            tok = build_tiny_tokenizer(vocab_size=tiny.vocab_size, corpus_tasks=tiny.corpus_tasks)
+            tok = build_tiny_tokenizer(vocab_size=(cfg.tiny or TinyModelSettings()).vocab_size)
         else:
             if cfg.tokenizer_name_or_path is None:
                 path = self._source()  # names model_name_or_path in its error

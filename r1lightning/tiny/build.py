@@ -11,7 +11,7 @@ tokenizer's pre-tokenizer when loading (DESIGN.md, measured).
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from r1lightning.data.templates import R1_ZERO_TEMPLATE
 
@@ -44,19 +44,12 @@ _EXTRA_TEXT = [
 ]
 
 
-def build_tiny_tokenizer(vocab_size: int = 512, corpus: Iterable[str] | None = None,
-                         corpus_tasks: Sequence[str] | None = None):
-    """A ``PreTrainedTokenizerFast`` with pad/bos/eos, a chat template and single-token tags.
-
-    The BPE merges are learnt from ``corpus`` if given, else from the synthetic tasks
-    ``corpus_tasks`` (default: ``tasks.CORPUS_TASKS``) plus the template and reflective text. Byte
-    level, so any text can be encoded; the corpus decides which words get tokens of their own (a
-    task with Chinese connectives needs them in the corpus, or each character costs three tokens).
-    """
+def build_tiny_tokenizer(vocab_size: int = 512, corpus: Iterable[str] | None = None):
+    """A ``PreTrainedTokenizerFast`` with pad/bos/eos, a chat template and single-token tags."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from r1lightning.data.tasks import CORPUS_TASKS, iter_corpus
+    from r1lightning.data.tasks import iter_corpus
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -69,10 +62,7 @@ def build_tiny_tokenizer(vocab_size: int = 512, corpus: Iterable[str] | None = N
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    if corpus is not None:
-        texts = list(corpus)
-    else:
-        texts = list(iter_corpus(tasks=tuple(corpus_tasks or CORPUS_TASKS))) + _EXTRA_TEXT * 50
+    texts = list(corpus) if corpus is not None else list(iter_corpus()) + _EXTRA_TEXT * 50
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,

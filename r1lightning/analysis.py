@@ -7,6 +7,8 @@ tabulate evaluations.
     python -m r1lightning.analysis RUN_A RUN_B --labels sync async --x minutes --out compare.png
     # evaluation summaries of `python -m r1lightning test`, one markdown table across checkpoints
     python -m r1lightning.analysis table lightning_logs/eval/version_*/eval/summary.json [--detail]
+    # start -> end (first vs last tenth) of accuracy, length, reflective words and mixing, runs side by side
+    python -m r1lightning.analysis trends RUN_A RUN_B --labels with without --out behaviours.png
 
 Wall-clock minutes count from the run's first logged scalar (every event carries its ``wall_time``).
 
@@ -180,6 +182,8 @@ def eval_table(summaries: list[dict], detail: bool = False) -> str:
 
 
 COMPARE_TAGS = ("val/pass@1", "train/reward", "train/accuracy")
+#: The panels ``trends --out`` draws: held-out accuracy and the three R1 behaviours.
+BEHAVIOUR_TAGS = ("val/pass@1", "train/completion_length/mean", "reflect/per_1k_tokens", "lang/mixing_rate")
 
 
 def compare_runs(logdirs: list, labels: list[str] | None = None, out: str | os.PathLike | None = None,
@@ -204,10 +208,11 @@ def compare_runs(logdirs: list, labels: list[str] | None = None, out: str | os.P
             xs, y = series(df, tag, x)
             if not len(y):
                 continue
-            if tag.startswith("train/") and smooth > 1 and len(y) > smooth:
+            # per-step rollout statistics (train/*, reflect/*, lang/*) are smoothed; evaluations are not
+            if not tag.startswith("val/") and smooth > 1 and len(y) > smooth:
                 y = y.rolling(smooth, min_periods=1).mean()
             ax.plot(xs, y, label=label, marker="o" if tag.startswith("val/") else None)
-        ax.set_title(tag + (f" (avg {smooth})" if tag.startswith("train/") and smooth > 1 else ""))
+        ax.set_title(tag + (f" (avg {smooth})" if not tag.startswith("val/") and smooth > 1 else ""))
         ax.set_xlabel("wall-clock minutes" if x == "minutes" else "step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -216,6 +221,53 @@ def compare_runs(logdirs: list, labels: list[str] | None = None, out: str | os.P
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=110)
     return fig
+
+
+#: The R1 behaviours tabulated by ``trends`` (tag, label, format): held-out accuracy, response length,
+#: reflective words, language mixing.
+TREND_TAGS = (
+    ("val/pass@1", "held-out pass@1 %", "pct"),
+    ("train/completion_length/mean", "response length (tokens)", "num"),
+    ("reflect/per_1k_tokens", "reflective words / 1k tokens", "num"),
+    ("reflect/share_with_any/correct", "share with reflection, correct %", "pct"),
+    ("reflect/share_with_any/incorrect", "share with reflection, incorrect %", "pct"),
+    ("lang/mixing_rate", "language mixing rate %", "pct"),
+    ("lang/consistency_mean", "English share of CoT words %", "pct"),
+    ("train/rewards/accuracy/mean", "train accuracy %", "pct"),
+)
+
+
+def trend(df, tag: str, fraction: float = 0.1) -> tuple[float, float] | None:
+    """``(start, end)`` of a tag: the mean over the first and the last ``fraction`` of its logged steps
+    (at least one point each; ``val/*`` tags, logged a few times per run, use their first and last
+    value). None when the run never logged the tag."""
+    s = df[df["tag"] == tag].sort_values(["step", "wall_time"]).drop_duplicates("step", keep="last")["value"]
+    if not len(s):
+        return None
+    if tag.startswith("val/"):
+        return float(s.iloc[0]), float(s.iloc[-1])
+    k = max(1, int(round(len(s) * fraction)))
+    return float(s.iloc[:k].mean()), float(s.iloc[-k:].mean())
+
+
+def trend_table(logdirs: list, labels: list[str] | None = None, fraction: float = 0.1,
+                tags=TREND_TAGS) -> str:
+    """Markdown table, one row per behaviour, one ``start -> end`` column per run (first vs last tenth of
+    training by default; held-out evaluations: first vs last)."""
+    labels = list(labels) if labels else [str(d) for d in logdirs]
+    if len(labels) != len(logdirs):
+        raise ValueError(f"{len(labels)} labels for {len(logdirs)} runs")
+    frames = [load_scalars(d) for d in logdirs]
+    fmt = {"pct": lambda v: f"{100 * v:.1f}", "num": lambda v: f"{v:.1f}"}
+    lines = ["| | " + " | ".join(labels) + " |", "|" + " --- |" * (len(labels) + 1)]
+    for tag, label, kind in tags:
+        cells = []
+        for df in frames:
+            t = trend(df, tag, fraction)
+            cells.append("-" if t is None else f"{fmt[kind](t[0])} -> {fmt[kind](t[1])}")
+        if any(c != "-" for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -229,6 +281,21 @@ def main(argv: list[str] | None = None) -> None:
         tp.add_argument("--detail", action="store_true", help="one row per model and benchmark, every metric")
         targs = tp.parse_args(argv[1:])
         print(eval_table(load_summaries(targs.summaries), detail=targs.detail))
+        return
+    if argv and argv[0] == "trends":
+        rp = argparse.ArgumentParser(prog="python -m r1lightning.analysis trends",
+                                     description="Start -> end table of the R1 behaviours (first vs last tenth of "
+                                                 "training) for one or more runs, optionally with their curves.")
+        rp.add_argument("logdir", nargs="+", help="run folders (or folders above their event files)")
+        rp.add_argument("--labels", nargs="+", help="column names of the runs")
+        rp.add_argument("--fraction", type=float, default=0.1, help="share of the logged steps averaged at each end")
+        rp.add_argument("--out", help="also draw the behaviour curves of the runs on shared axes to this PNG")
+        rp.add_argument("--smooth", type=int, default=10, help="moving average window for the curves")
+        rargs = rp.parse_args(argv[1:])
+        print(trend_table(rargs.logdir, rargs.labels, rargs.fraction))
+        if rargs.out:
+            compare_runs(rargs.logdir, rargs.labels, rargs.out, x="step", tags=BEHAVIOUR_TAGS, smooth=rargs.smooth)
+            print(rargs.out)
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("logdir", nargs="+", help="a run folder (or any folder above its event files); several "

@@ -51,3 +51,34 @@ def test_compare_runs_and_cli_write_a_figure(tmp_path):
     assert out.stat().st_size > 0
     with pytest.raises(ValueError, match="labels"):
         compare_runs([tmp_path / "a"], ["x", "y"])
+
+
+def test_trend_table_first_and_last_tenth(tmp_path, capsys):
+    from r1lightning.analysis import load_scalars, main, trend, trend_table
+
+    # 20 steps of length 10..29 and mixing 0.5 falling to 0 at step 10; pass@1 at steps 0 and 20.
+    points = [("train/completion_length/mean", s, 10.0 + s, 1000.0 + s) for s in range(20)]
+    points += [("lang/mixing_rate", s, 0.5 if s < 10 else 0.0, 1000.0 + s) for s in range(20)]
+    points += [("val/pass@1", 0, 0.2, 1000.0), ("val/pass@1", 10, 0.9, 1010.0), ("val/pass@1", 20, 0.45, 1020.0)]
+    write_run(tmp_path / "a", points)
+    df = load_scalars(tmp_path / "a")
+    # a tenth of 20 logged steps = 2: mean(10, 11) and mean(28, 29)
+    assert trend(df, "train/completion_length/mean") == pytest.approx((10.5, 28.5))
+    assert trend(df, "train/completion_length/mean", fraction=0.25) == pytest.approx((12.0, 27.0))  # 10..14, 25..29
+    assert trend(df, "val/pass@1") == pytest.approx((0.2, 0.45))  # evaluations: first and last, not a mean
+    assert trend(df, "reflect/per_1k_tokens") is None
+    write_run(tmp_path / "b", [("lang/mixing_rate", s, 0.25, 1000.0 + s) for s in range(10)])
+    table = trend_table([tmp_path / "a", tmp_path / "b"], ["with", "without"])
+    rows = table.splitlines()
+    assert rows[0] == "| | with | without |"
+    assert "| held-out pass@1 % | 20.0 -> 45.0 | - |" in rows
+    assert "| response length (tokens) | 10.5 -> 28.5 | - |" in rows
+    assert "| language mixing rate % | 50.0 -> 0.0 | 25.0 -> 25.0 |" in rows
+    assert not any(r.startswith("| reflective words") for r in rows)  # no run logged it
+    with pytest.raises(ValueError, match="labels"):
+        trend_table([tmp_path / "a"], ["x", "y"])
+    out = tmp_path / "beh.png"
+    main(["trends", str(tmp_path / "a"), str(tmp_path / "b"), "--labels", "with", "without", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "| language mixing rate % | 50.0 -> 0.0 | 25.0 -> 25.0 |" in printed
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

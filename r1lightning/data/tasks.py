@@ -133,6 +133,18 @@ _DEFAULT_KWARGS = {
 }
 
 
+def _styled_arithmetic_problem(rng: random.Random, **kwargs) -> dict:
+    """``arithmetic`` written in several reasoning styles (r1lightning/data/styles.py, which imports
+    this module, hence the late import)."""
+    from r1lightning.data.styles import styled_arithmetic_problem
+
+    return styled_arithmetic_problem(rng, **kwargs)
+
+
+TASKS["arithmetic_styles"] = _styled_arithmetic_problem
+_DEFAULT_KWARGS["arithmetic_styles"] = {}
+
+
 def generate(task: str, n: int, split: str = "train", seed: int = 0, **kwargs) -> list[dict]:
     """``n`` distinct problems of ``task`` from ``split`` ("train" or "test"), deterministic in ``seed``.
 
@@ -163,9 +175,13 @@ def generate(task: str, n: int, split: str = "train", seed: int = 0, **kwargs) -
     return rows
 
 
-def iter_corpus(n: int = 2000, seed: int = 0) -> Iterator[str]:
-    """Text for training the tiny tokenizer: prompts and solutions of every task."""
-    for task in TASKS:
+#: Tasks whose text trains the default tiny tokenizer (the committed tiny_base was built from these).
+CORPUS_TASKS = ("arithmetic", "countdown")
+
+
+def iter_corpus(n: int = 2000, seed: int = 0, tasks: tuple[str, ...] = CORPUS_TASKS) -> Iterator[str]:
+    """Text for training the tiny tokenizer: prompts and solutions of ``tasks``."""
+    for task in tasks:
         for row in generate(task, n, "train", seed):
             yield row["prompt"]
             yield row["completion"]

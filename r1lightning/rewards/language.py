@@ -19,10 +19,23 @@ this module decides, and documents it:
   their characters are letters, not words: a run of n letters there weighs n / 4 words (a rough
   word length, not a segmenter) so a Thai sentence is not outvoted by a few Latin names.
 * Neutral (excluded): anything that is not a letter (digits, punctuation, math symbols,
-  mathematical alphanumerics such as 𝑥), LaTeX control words (``\\frac``, ``\\alpha``), and
-  one-letter Latin or Greek words, which in a math CoT are variables (``x``, ``n``, ``π``) far
-  more often than words. Letters inside ``$...$`` are *not* skipped wholesale: a policy could
-  otherwise hide a foreign-language CoT inside dollar signs (a reward hack).
+  mathematical alphanumerics such as 𝑥), LaTeX control words (``\\frac``, ``\\alpha``),
+  ``\\begin{...}`` / ``\\end{...}`` markers with their environment names, and one-letter Latin
+  or Greek words, which in a math CoT are variables (``x``, ``n``, ``π``) far more often than
+  words.
+* Mathematics counts for no language (see :func:`neutralize_math`): inside LaTeX math
+  (``$...$``, ``$$...$$``, ``\\(...\\)``, ``\\[...\\]``, math environments such as ``align*``,
+  ``pmatrix``, ``cases``) Latin and Greek letters are variables, function names and units
+  (``$ABC$``, ``$\\sin x$``, ``$5\\,\\mathrm{cm}$``), so they are neutral; in code and diagram
+  blocks (```` ``` ```` fences, ``[asy]...[/asy]``, ``asy`` / ``verbatim`` / ``lstlisting`` /
+  ``tikzpicture`` environments) Latin and Greek letters are identifiers and keywords, neutral too.
+  Outside math, a number's unit (``5 cm``, ``60km``) and an upper-case point name of two to four
+  letters (``ABC``, ``ABCD``) are neutral as well. Letters of any other script inside math or code
+  still count (``$\\text{如果}$`` is Chinese), and inside math a phrase, two or more Latin words
+  of two or more letters separated only by spaces (``$\\text{if n is even}$``), counts as prose:
+  a policy cannot hide a whole English CoT inside dollar signs wholesale. What remains open: a
+  non-Latin-target CoT that hides one-word English fragments in math, or English prose inside a
+  code fence, is not penalised.
 * The CoT is the ``<think>`` content (see :func:`~r1lightning.rewards.parsing.extract_think`);
   without one, the whole completion.
 * Text with no words at all scores 1.0: there is nothing inconsistent in it, and scoring it 0
@@ -44,6 +57,7 @@ __all__ = [
     "SCRIPTS",
     "language_consistency_reward",
     "language_fractions",
+    "neutralize_math",
     "script_word_counts",
     "scripts_for_language",
     "target_language_fraction",
@@ -150,11 +164,90 @@ LANGUAGE_SCRIPTS: dict[str, frozenset[str]] = {
 }
 
 _LATEX_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
+
+# Letters that are notation inside math and code: Latin (ASCII, Latin-1 and Extended-A/B, the
+# fullwidth forms) and Greek (basic and extended).
+_LATIN_GREEK = "A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u0370-\u03ff\u1f00-\u1fff\uff21-\uff3a\uff41-\uff5a"
+_LATIN_GREEK_RE = re.compile(f"[{_LATIN_GREEK}]")
+_LATIN_WORD = "[A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f]{2,}"
+# Inside math, two or more Latin words separated only by spaces are prose, not notation.
+_MATH_PHRASE_RE = re.compile(f"{_LATIN_WORD}(?:[ \t\n~]+{_LATIN_WORD})+")
+_CODE_ENVS = "asy|verbatim|lstlisting|minted|tikzpicture|Verbatim|comment"
+_CODE_BLOCK_RE = re.compile(
+    r"```.*?(?:```|\Z)"  # fenced block; an unterminated fence runs to the end
+    r"|\[asy\].*?(?:\[/asy\]|\Z)"
+    rf"|\\begin\{{({_CODE_ENVS})\}}.*?(?:\\end\{{\1\}}|\Z)",
+    re.DOTALL,
+)
+_MATH_ENVS = (
+    "equation|align|alignat|aligned|alignedat|gather|gathered|multline|flalign|eqnarray|split|"
+    "array|matrix|pmatrix|bmatrix|Bmatrix|vmatrix|Vmatrix|smallmatrix|cases|dcases|subarray|math|"
+    "displaymath"
+)
+# A math region is at most _MAX_MATH characters (inline: _MAX_INLINE): an unclosed delimiter in
+# model output then costs a bounded scan, not one to the end of the text per delimiter.
+_MAX_MATH, _MAX_INLINE = 2000, 500
+_MATH_RE = re.compile(
+    rf"\\begin\{{((?:{_MATH_ENVS})\*?)\}}.{{0,{_MAX_MATH}}}?\\end\{{\1\}}"
+    rf"|(?<!\\)\$\$.{{1,{_MAX_MATH}}}?(?<!\\)\$\$"
+    rf"|\\\[.{{1,{_MAX_MATH}}}?\\\]"
+    rf"|\\\(.{{1,{_MAX_MATH}}}?\\\)"
+    # Inline $...$ as pandoc reads it: the opening $ is followed by a non-space, the closing one
+    # preceded by a non-space and not followed by a digit, so "$5 and $10" is currency, not math.
+    rf"|(?<![\\$])\$(?=[^\s$])(?:\\.|[^$\\]){{1,{_MAX_INLINE}}}?(?<=\S)(?<!\\)\$(?!\d)",
+    re.DOTALL,
+)
+_ENV_MARKER_RE = re.compile(r"\\(?:begin|end)\s*\{[^{}]*\}")
+# A unit after a number ("8 cm", "60km/h"), from a fixed list: common short English words
+# ("42 and") must stay words. The unit may run straight into a word of another script
+# ("8 cm이고"), not into more Latin letters ("3 mist" keeps its word).
+_UNITS = (
+    "mm|cm|dm|km|m|mg|g|kg|t|ml|mL|l|L|s|ms|min|h|hr|hrs|ft|yd|mi|lb|lbs|oz|mph|kph|Hz|kHz|MHz|"
+    "W|kW|V|J|kJ|N|Pa|cal|kcal|sec|cm2|cm3|m2|m3"
+)
+_NOT_LATIN_AFTER = "(?![A-Za-z\u00c0-\u024f\u1e00-\u1eff])"
+_UNIT_AFTER_NUMBER_RE = re.compile(
+    rf"(?<=\d) ?(?:{_UNITS}){_NOT_LATIN_AFTER}(?:/(?:{_UNITS}){_NOT_LATIN_AFTER})?"
+)
+_POINT_NAME_RE = re.compile(r"(?<![A-Za-z])[A-Z]{2,4}(?![A-Za-z])")
 # Supplementary-plane CJK ideographs: extensions B-I and the compatibility supplement.
 _ASTRAL_HAN_RE = re.compile("[\U00020000-\U0002fa1f\U00030000-\U000323af]")
 _NEUTRAL_LETTER_NAMES = frozenset({"FEMININE", "MASCULINE", "MICRO", "SUPERSCRIPT", "SUBSCRIPT"})
 _PUA_START, _PUA_END = 0xE000, 0xF8FF
 _CODEPOINT_SUFFIX_RE = re.compile(r"-[0-9A-F]{4,6}$")
+
+
+def _drop_latin_greek(text: str) -> str:
+    return _LATIN_GREEK_RE.sub(" ", text)
+
+
+def _neutral_math(match: re.Match) -> str:
+    body = _LATEX_COMMAND_RE.sub(" ", _ENV_MARKER_RE.sub(" ", match.group(0)))
+    pieces, last = [], 0
+    for phrase in _MATH_PHRASE_RE.finditer(body):
+        pieces.append(_drop_latin_greek(body[last:phrase.start()]))
+        pieces.append(f" {phrase.group(0)} ")
+        last = phrase.end()
+    pieces.append(_drop_latin_greek(body[last:]))
+    return "".join(pieces)
+
+
+def neutralize_math(text: str) -> str:
+    """``text`` with the letters that are mathematical notation, not language, blanked out.
+
+    Code and diagram blocks first (their ``$`` are not math delimiters), then LaTeX math, then
+    the environment markers, units after numbers and point names left in the prose. Letters of
+    scripts other than Latin and Greek are kept everywhere, and so are Latin phrases inside math
+    (see the module docstring).
+
+    >>> script_word_counts(neutralize_math(r"三角形 $ABC$ 的面积是 $5\\,\\mathrm{cm}^2$"))
+    {'Han': 7.0}
+    """
+    text = _CODE_BLOCK_RE.sub(lambda m: _drop_latin_greek(m.group(0)), text)
+    text = _MATH_RE.sub(_neutral_math, text)
+    text = _ENV_MARKER_RE.sub(" ", text)
+    text = _UNIT_AFTER_NUMBER_RE.sub(" ", text)
+    return _POINT_NAME_RE.sub(" ", text)
 
 
 def scripts_for_language(language: str) -> frozenset[str]:
@@ -219,7 +312,7 @@ def script_word_counts(text: str) -> dict[str, float]:
     if not isinstance(text, str) or not text:
         return {}
     table, script_of_code = _tables()
-    text = _LATEX_COMMAND_RE.sub(" ", text)
+    text = _LATEX_COMMAND_RE.sub(" ", neutralize_math(text))
     if _ASTRAL_HAN_RE.search(text):  # supplementary-plane CJK ideographs (rare) -> a BMP ideograph
         text = _ASTRAL_HAN_RE.sub("\u4e00", text)
     codes = text.translate(table)

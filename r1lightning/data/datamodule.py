@@ -13,7 +13,7 @@ seeded order (``state_dict`` / ``load_state_dict`` are saved by Lightning with t
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Union
 
 import lightning.pytorch as pl
 import torch
@@ -113,8 +113,9 @@ def rows_with_value(rows: list[dict], column: str, option: str, source: str) -> 
 class _RowsDataModule(pl.LightningDataModule):
     """Loading, tokenizer lookup, resumable sampling and the consumed-batch counter."""
 
-    def __init__(self, train_data: Optional[str], val_data: Optional[str], batch_size: int, val_batch_size: Optional[int],
-                 template: str, system_prompt: Optional[str], num_workers: int, seed: int, tokenizer=None):
+    def __init__(self, train_data: Optional[Union[str, list[str]]], val_data: Optional[Union[str, list[str]]],
+                 batch_size: int, val_batch_size: Optional[int], template: str, system_prompt: Optional[str],
+                 num_workers: int, seed: int, tokenizer=None):
         super().__init__()
         check_template(template)
         if batch_size < 1:
@@ -220,8 +221,8 @@ class SFTDataModule(_RowsDataModule):
 
     def __init__(
         self,
-        train_data: Optional[str] = None,
-        val_data: Optional[str] = None,
+        train_data: Optional[Union[str, list[str]]] = None,
+        val_data: Optional[Union[str, list[str]]] = None,
         template: str = "chat",
         prompt_column: str = "prompt",
         completion_column: str = "completion",
@@ -238,7 +239,8 @@ class SFTDataModule(_RowsDataModule):
     ):
         """
         Args:
-            train_data: Training rows (path, saved dataset folder, ``synthetic:...`` or ``benchmark:...``).
+            train_data: Training rows (path, saved dataset folder, ``synthetic:...`` or ``benchmark:...``), or a list
+                of such sources, concatenated (a data mixture).
             val_data: Validation rows (same forms).
             template: 'chat' (tokenizer chat template), 'r1_zero', 'plain' or a format string with {prompt}.
             prompt_column: Column with the question / prompt (prompt-completion data).
@@ -384,8 +386,8 @@ class PromptDataModule(_RowsDataModule):
 
     def __init__(
         self,
-        train_data: Optional[str] = None,
-        val_data: Optional[str] = None,
+        train_data: Optional[Union[str, list[str]]] = None,
+        val_data: Optional[Union[str, list[str]]] = None,
         template: str = "chat",
         prompt_column: str = "prompt",
         answer_column: Optional[str] = "answer",
@@ -399,7 +401,8 @@ class PromptDataModule(_RowsDataModule):
     ):
         """
         Args:
-            train_data: Training prompts (path, saved dataset folder, ``synthetic:...`` or ``benchmark:...``).
+            train_data: Training prompts (path, saved dataset folder, ``synthetic:...`` or ``benchmark:...``), or a
+                list of such sources, concatenated (a prompt mixture).
             val_data: Held-out prompts scored in validation (pass@1 etc.).
             template: 'chat', 'r1_zero' (DeepSeek-R1-Zero Table 1), 'plain' or a format string with {prompt}.
             prompt_column: Column with the question.

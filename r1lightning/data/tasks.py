@@ -13,6 +13,8 @@ Tasks
   subtractions); the worked solution adds left to right: ``23+45=68, 68+17=85``.
 - ``countdown``: reach a target with + - * and each given number at most once; verified by
   evaluating the expression with an AST walker (never ``eval``).
+- ``arithmetic_cot`` (long readable chains of thought for the cold start) and the non-reasoning tasks
+  ``copy``, ``reverse``, ``uppercase``, ``convert``, ``general`` (a mix): :mod:`r1lightning.data.general_tasks`.
 """
 
 from __future__ import annotations
@@ -132,6 +134,13 @@ _DEFAULT_KWARGS = {
     "countdown": {"n_numbers": 3},
 }
 
+# the later stages' data (long readable CoTs, non-reasoning tasks); imported here so that every
+# ``synthetic:<task>`` source resolves through TASKS
+from r1lightning.data.general_tasks import GENERAL_DEFAULTS, GENERAL_TASKS  # noqa: E402
+
+TASKS.update(GENERAL_TASKS)
+_DEFAULT_KWARGS.update(GENERAL_DEFAULTS)
+
 
 def generate(task: str, n: int, split: str = "train", seed: int = 0, **kwargs) -> list[dict]:
     """``n`` distinct problems of ``task`` from ``split`` ("train" or "test"), deterministic in ``seed``.
@@ -165,7 +174,7 @@ def generate(task: str, n: int, split: str = "train", seed: int = 0, **kwargs) -
 
 def iter_corpus(n: int = 2000, seed: int = 0) -> Iterator[str]:
     """Text for training the tiny tokenizer: prompts and solutions of every task."""
-    for task in TASKS:
+    for task in ("arithmetic", "countdown"):  # the tokenizer of the committed tiny base saw these two
         for row in generate(task, n, "train", seed):
             yield row["prompt"]
             yield row["completion"]

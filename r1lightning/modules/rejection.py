@@ -68,6 +68,8 @@ class RejectionSamplingModule(EvalModule):
         super().__init__(policy=policy, sampling=sampling, rollout=rollout, output_dir=output_dir, label=label,
                          reward_call_timeout_s=reward_call_timeout_s, reward_batch_timeout_s=reward_batch_timeout_s)
         self.filters = filters or RejectionFilters()
+        # EvalModule's metric settings, which this module does not expose (Lightning saved only its own arguments)
+        self.hparams.update(pass_k=None, bootstrap_resamples=0, confidence=0.95, answer_group_timeout_s=30.0)
 
     # ---------------------------------------------------------------- sampling
     def on_predict_start(self) -> None:

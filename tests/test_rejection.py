@@ -26,7 +26,7 @@ GOOD = "<think>Add left to right. 12+30=42. Correct.</think><answer>The result i
 GOOD_LONG = ("<think>Add left to right. 12+30=42. Check by subtracting: 42-30=12. Correct.</think>"
              "<answer>The result is \\boxed{42}.</answer>")
 WRONG = "<think>Add left to right. 12+30=43. Correct.</think><answer>The result is \\boxed{43}.</answer>"
-NO_FORMAT = "12+30=42 so \\boxed{42}"
+NO_FORMAT = "<answer>The result is \\boxed{42}.</answer>"  # right answer, no reasoning block
 CHINESE = "<think>我们从左到右相加 12+30=42 结果正确</think><answer>\\boxed{42}</answer>"
 WRONG_AND_UNFORMATTED = "the answer is \\boxed{41}"
 

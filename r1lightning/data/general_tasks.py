@@ -62,7 +62,7 @@ def _uppercase_problem(rng: random.Random, min_len: int = 3, max_len: int = 6) -
     return _general_row(f"Write {w} in capital letters.", w.upper(), "uppercase")
 
 
-def _convert_problem(rng: random.Random, max_value: int = 20) -> dict:
+def _convert_problem(rng: random.Random, max_value: int = 200) -> dict:
     src, dst, factor = rng.choice(_CONVERSIONS)
     x = rng.randint(1, max_value)
     return _general_row(f"Convert {x} {src} to {dst}.", str(x * factor), "convert")

@@ -134,12 +134,13 @@ _DEFAULT_KWARGS = {
     "countdown": {"n_numbers": 3},
 }
 
-# the later stages' data (long readable CoTs, non-reasoning tasks); imported here so that every
-# ``synthetic:<task>`` source resolves through TASKS
-from r1lightning.data.general_tasks import GENERAL_DEFAULTS, GENERAL_TASKS  # noqa: E402
 
-TASKS.update(GENERAL_TASKS)
-_DEFAULT_KWARGS.update(GENERAL_DEFAULTS)
+def _registry() -> tuple[dict[str, Callable[..., dict]], dict[str, dict]]:
+    """Every task a ``synthetic:<task>`` source can name: these and the later stages' data (long readable CoTs,
+    non-reasoning tasks; imported here, as general_tasks builds on this module)."""
+    from r1lightning.data.general_tasks import GENERAL_DEFAULTS, GENERAL_TASKS
+
+    return {**TASKS, **GENERAL_TASKS}, {**_DEFAULT_KWARGS, **GENERAL_DEFAULTS}
 
 
 def generate(task: str, n: int, split: str = "train", seed: int = 0, **kwargs) -> list[dict]:
@@ -148,13 +149,14 @@ def generate(task: str, n: int, split: str = "train", seed: int = 0, **kwargs) -
     Each row: ``prompt``, ``answer`` (the gold final answer), ``completion`` (a worked solution in
     the R1 format), ``task``, ``id`` and task-specific fields.
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown synthetic task {task!r}; choose one of {sorted(TASKS)}")
+    tasks, defaults = _registry()
+    if task not in tasks:
+        raise ValueError(f"unknown synthetic task {task!r}; choose one of {sorted(tasks)}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    opts = {**_DEFAULT_KWARGS[task], **kwargs}
+    opts = {**defaults[task], **kwargs}
     # the split salt keeps train and test streams independent for the same seed
     rng = random.Random(f"{task}-{split}-{seed}")
     rows, seen = [], set()
@@ -163,7 +165,7 @@ def generate(task: str, n: int, split: str = "train", seed: int = 0, **kwargs) -
         attempts += 1
         if attempts > 200 * n + 10_000:
             raise RuntimeError(f"could not generate {n} distinct {task} problems for split {split!r}")
-        row = TASKS[task](rng, **opts)
+        row = tasks[task](rng, **opts)
         if row["prompt"] in seen or split_of(row["prompt"]) != split:
             continue
         seen.add(row["prompt"])
@@ -174,7 +176,7 @@ def generate(task: str, n: int, split: str = "train", seed: int = 0, **kwargs) -
 
 def iter_corpus(n: int = 2000, seed: int = 0) -> Iterator[str]:
     """Text for training the tiny tokenizer: prompts and solutions of every task."""
-    for task in ("arithmetic", "countdown"):  # the tokenizer of the committed tiny base saw these two
+    for task in TASKS:  # not the later stages' tasks: the committed tiny base's tokenizer was trained on these
         for row in generate(task, n, "train", seed):
             yield row["prompt"]
             yield row["completion"]

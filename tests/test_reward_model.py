@@ -370,17 +370,17 @@ def test_recipe_configs_parse():
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    """~100 s on 2 busy cores: the tiny base backbone, 60 steps of 16 pairs, 200 held-out pairs."""
+    """The 4a config for 60 steps of 32 pairs, 200 held-out pairs (~20 s of CPU)."""
     root = tmp_path_factory.mktemp("rm_fit")
     cmd = [sys.executable, "-m", "r1lightning", "fit", "--config", "configs/recipe/tiny/4a_reward_model.yaml",
            "--trainer.max_steps", "60", "--trainer.val_check_interval", "30",
            "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
-           "--trainer.callbacks.init_args.every_n_train_steps", "30",
+           "--trainer.callbacks", json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                                "init_args": {"every_n_train_steps": 30, "save_last": True}}]),
            "--trainer.enable_progress_bar", "false",
-           "--model.init_args.lr", "1e-3", "--model.init_args.export_dir", str(root / "export"),
-           "--data.init_args.train_data", "synthetic:preferences?n=1000&split=train&seed=0",
-           "--data.init_args.val_data", "synthetic:preferences?n=200&split=test&seed=1",
-           "--data.init_args.batch_size", "16"]
+           "--model.init_args.export_dir", str(root / "export"),
+           "--data.init_args.train_data", "synthetic:preferences?n=2000&split=train&seed=0",
+           "--data.init_args.val_data", "synthetic:preferences?n=200&split=test&seed=1"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200,
                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
@@ -396,7 +396,7 @@ def test_fit_beats_chance_on_held_out_pairs(fitted):
         assert tag in scalars and all(math.isfinite(v) for _, v in scalars[tag]), tag
     acc = dict(scalars["val/accuracy"])
     assert len(acc) == 2  # steps 30 and 60
-    assert acc[max(acc)] >= 0.7, acc  # chance is 0.5
+    assert acc[max(acc)] >= 0.75, acc  # chance is 0.5
     assert dict(scalars["val/accuracy/harmless"])[max(acc)] >= 0.9
 
 
@@ -418,11 +418,9 @@ def test_resume_continues_from_the_checkpoint(fitted, tmp_path):
     cmd = [sys.executable, "-m", "r1lightning", "fit", "--config", "configs/recipe/tiny/4a_reward_model.yaml",
            "--ckpt_path", str(ckpt), "--trainer.max_steps", "62", "--trainer.val_check_interval", "30",
            "--trainer.default_root_dir", str(fitted), "--trainer.logger.init_args.save_dir", str(fitted),
-           "--trainer.enable_progress_bar", "false", "--model.init_args.lr", "1e-3",
-           "--model.init_args.export_dir", str(tmp_path / "export"),
-           "--data.init_args.train_data", "synthetic:preferences?n=1000&split=train&seed=0",
-           "--data.init_args.val_data", "synthetic:preferences?n=16&split=test&seed=1",
-           "--data.init_args.batch_size", "16"]
+           "--trainer.enable_progress_bar", "false", "--model.init_args.export_dir", str(tmp_path / "export"),
+           "--data.init_args.train_data", "synthetic:preferences?n=2000&split=train&seed=0",
+           "--data.init_args.val_data", "synthetic:preferences?n=16&split=test&seed=1"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]

@@ -398,6 +398,7 @@ class PromptDataModule(_RowsDataModule):
         num_workers: int = 0,
         seed: int = 0,
         tokenizer: Any = None,
+        reward_prompt_column: Optional[str] = None,
     ):
         """
         Args:
@@ -415,10 +416,15 @@ class PromptDataModule(_RowsDataModule):
             val_batch_size: Questions per validation batch.
             num_workers: DataLoader worker processes.
             seed: Seed of the shuffling order.
+            reward_prompt_column: Also pass each row's prompt (as in the data, not rendered) to the reward
+                functions as a column of this name; ``prompt`` for the ``reward_model`` reward. None (default) keeps
+                the prompt out of the rewards (the ``code`` reward then needs completions that define the entry
+                point themselves; given a ``prompt`` it continues the prompt instead).
         """
         super().__init__(train_data, val_data, batch_size, val_batch_size, template, system_prompt, num_workers, seed,
                          tokenizer)
         self.prompt_column, self.answer_column = prompt_column, answer_column
+        self.reward_prompt_column = reward_prompt_column
         self.max_prompt_length = max_prompt_length
         self.dropped = 0  # prompts too long (max_prompt_length or the model's positions)
         self.no_answer = 0  # rows dropped for a missing / null answer
@@ -449,6 +455,8 @@ class PromptDataModule(_RowsDataModule):
             columns = {k: v for k, v in row.items() if k != self.prompt_column}
             if self.answer_column and self.answer_column != "answer":
                 columns["answer"] = row[self.answer_column]
+            if self.reward_prompt_column:
+                columns[self.reward_prompt_column] = row[self.prompt_column]
             items.append({"prompt_ids": ids, "prompt_text": text, "columns": columns})
         self.dropped += dropped
         why = f"max_prompt_length={self.max_prompt_length}"

@@ -171,7 +171,7 @@ def run_predict(out: Path, *extra: str, n_prompts: int = 24) -> subprocess.Compl
     cmd = [sys.executable, "-m", "r1lightning", "predict", "--config",
            str(ROOT / "configs/recipe/tiny/3a_rejection_sampling.yaml"), "--data.init_args.benchmarks", bench,
            "--model.init_args.output_dir", str(out), "--model.init_args.sampling.max_new_tokens", "64",
-           "--trainer.enable_progress_bar", "false", *extra]
+           "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(out), *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc

@@ -431,3 +431,69 @@ def test_resume_continues_from_the_checkpoint(fitted, tmp_path):
     # two more steps from the checkpoint's weights: close to the first export, not a fresh head
     diff = max(float((resumed[k] - first[k]).abs().max()) for k in first)
     assert 0 < diff < 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# one GRPO step on mixed prompts
+
+
+SEEN_DEVICES: list = []
+
+
+def device_probe(completions, **kw):
+    """Records the device reward models would use (the context variable GRPOModule sets)."""
+    SEEN_DEVICES.append(rm._DEVICE.get())
+    return [0.0] * len(completions)
+
+
+torch.serialization.add_safe_globals([device_probe])
+
+
+def test_grpo_step_on_mixed_prompts_scores_general_rows_with_the_model(tiny_rm, tiny_tokenizer, tmp_path,
+                                                                      monkeypatch):
+    import lightning.pytorch as pl
+
+    from r1lightning.modules import GRPOModule
+    from r1lightning.rollout.base import SamplingSettings
+
+    _, path = tiny_rm
+    seen = []
+    real = rm.score_pairs
+
+    def spy(model, tok, prompts, completions, *args, **kwargs):
+        seen.extend(prompts)
+        return real(model, tok, prompts, completions, *args, **kwargs)
+
+    monkeypatch.setattr(rm, "score_pairs", spy)
+    SEEN_DEVICES.clear()
+    module = GRPOModule(policy=PolicyConfig(tiny=SMALL),
+                        rewards=[{"name": "accuracy"}, {"name": "reward_model", "path": str(path)}, device_probe],
+                        sampling=SamplingSettings(n=4, max_new_tokens=8, seed=1), lr=1e-2, export_dir="none")
+    module.policy.tokenizer = tiny_tokenizer
+    dm = PromptDataModule(train_data="synthetic:mixed_prompts?n=16&general_fraction=0.5", answer_column=None,
+                          reward_prompt_column="prompt", batch_size=4, tokenizer=tiny_tokenizer)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, default_root_dir=tmp_path, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=1)
+    trainer.fit(module, dm)
+    general = {r["prompt"] for r in generate_mixed_prompts(16, general_fraction=0.5) if r["reward_kind"] == "model"}
+    assert seen and set(seen) <= general  # only general prompts reached the reward model
+    assert len(seen) % 4 == 0  # whole groups of G = 4 completions
+    assert SEEN_DEVICES == [torch.device("cpu")] * 2  # the trainer's device, at both steps
+    assert 0.0 < float(trainer.logged_metrics["train/rewards/reward_model/mean"]) < 1.0
+
+
+def test_data_format_differing_from_the_module_is_refused(tmp_path):
+    module = RewardModelModule(PolicyConfig(tiny=SMALL, tokenizer_name_or_path="r1lightning/assets/tiny_base"),
+                               max_length=128)
+
+    class FakeTrainer:
+        lightning_module = module
+
+    dm = PreferenceDataModule(train_data="synthetic:preferences?n=4", max_length=64)
+    dm.trainer = FakeTrainer()
+    with pytest.raises(ValueError, match="data.max_length=64 differs from the reward model's max_length=128"):
+        dm.setup("fit")
+    dm = PreferenceDataModule(train_data="synthetic:preferences?n=4", max_length=128)
+    dm.trainer = FakeTrainer()
+    dm.setup("fit")  # the same value is fine
+    assert len(dm.train_set) == 4

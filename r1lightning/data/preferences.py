@@ -317,9 +317,10 @@ class PreferenceDataModule(_RowsDataModule):
             val_batch_size: Pairs per validation batch.
             num_workers: DataLoader worker processes.
             seed: Seed of the shuffling order.
-            template: Override the module's pair format ('chat', 'plain' or a format string with {prompt}
-                and {completion}); None = the module's.
-            max_length: Override the module's longest sequence (tokens); None = the module's.
+            template: The pair format ('chat', 'plain' or a format string with {prompt} and {completion}) when
+                the DataModule is used without a RewardModelModule; None = the module's (a different value is
+                refused: the module stores its own with the export).
+            max_length: Longest sequence in tokens, likewise; None = the module's.
         """
         super().__init__(train_data, val_data, batch_size, val_batch_size, "plain", None, num_workers, seed, tokenizer)
         self.prompt_column, self.chosen_column, self.rejected_column = prompt_column, chosen_column, rejected_column
@@ -342,6 +343,11 @@ class PreferenceDataModule(_RowsDataModule):
     def _format(self) -> tuple[str, int]:
         module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
         fmt = getattr(module, "pair_format", None) or {}
+        for key, mine in (("template", self._template), ("max_length", self._max_length)):
+            if mine is not None and fmt.get(key) is not None and mine != fmt[key]:
+                # the export records the module's format; pairs written otherwise would be scored differently
+                raise ValueError(f"data.{key}={mine!r} differs from the reward model's {key}={fmt[key]!r}; set it on "
+                                 f"the model (model.init_args.{key}) only, it is stored with the export")
         template = self._template or fmt.get("template") or "chat"
         max_length = self._max_length or fmt.get("max_length") or 512
         return template, int(max_length)

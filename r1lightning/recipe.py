@@ -375,7 +375,8 @@ class RecipeRun:
             return
         folder.mkdir(parents=True, exist_ok=True)
         args = ["test", "--config", self.recipe.eval_config, "--model.init_args.policy.model_name_or_path", model,
-                "--model.init_args.output_dir", str(folder), "--model.init_args.label", name]
+                "--model.init_args.output_dir", str(folder), "--model.init_args.label", name,
+                "--trainer.default_root_dir", str(folder)]  # LightningCLI saves the resolved config there
         if self.short:
             for key, value in self.recipe.eval_short.items():
                 args += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]

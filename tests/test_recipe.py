@@ -276,11 +276,12 @@ def test_the_short_chain_runs_through_the_documented_command_and_restarts_by_ski
     recipe = load_recipe(ROOT / "configs/recipe/tiny.yaml")
     for stage in recipe.stages:
         assert (tmp_path / "r" / stage.name / MARKER).is_file(), stage.name
-        if stage.produces == "model":
+        if stage.produces == "model" and stage.evaluate:  # not the reward model: a scorer, no policy
             assert (tmp_path / "r" / stage.name / "eval/summary.json").is_file(), stage.name
     rows = json.loads((tmp_path / "r/results.json").read_text())
     assert [r["stage"] for r in rows] == ["base"] + [s.name for s in recipe.stages]
     assert all(0.0 <= r["arithmetic/pass@1"] <= 1.0 for r in rows if "arithmetic/pass@1" in r)
+    assert 0.0 <= next(r for r in rows if r["stage"] == "reward_model")["rm_pairwise_accuracy"] <= 1.0
     assert "| stage |" in proc.stdout
     again = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -85,7 +85,8 @@ class R1CLI(LightningCLI):
         self.ckpt_run = ckpt.get(RUN_KEY)
         hparams = dict(ckpt.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
-        if str(self.config[sub].get("model", {}).get("class_path", "")).endswith(".EvalModule"):
+        if str(self.config[sub].get("model", {}).get("class_path", "")).endswith((".EvalModule",
+                                                                                  ".RejectionSamplingModule")):
             self._eval_checkpoint(sub, ckpt_path, hparams)
             return
         if not hparams:
@@ -116,7 +117,7 @@ class R1CLI(LightningCLI):
                            + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in sorted(safe.items())))
 
     def _eval_checkpoint(self, sub: str, ckpt_path: str, hparams: dict) -> None:
-        """Evaluating a training checkpoint: its hyperparameters belong to another module (GRPO, SFT, ...), so
+        """Evaluating (or sampling from) a training checkpoint: its hyperparameters belong to another module (GRPO, SFT, ...), so
         only its policy settings are taken, and only when the config names no policy of its own."""
         import dataclasses
 

@@ -2,5 +2,6 @@
 
 from r1lightning.data.datamodule import PromptDataModule, SFTDataModule
 from r1lightning.data.evaluation import EvalDataModule, EvalSet
+from r1lightning.data.preferences import PreferenceDataModule
 
-__all__ = ["EvalDataModule", "EvalSet", "PromptDataModule", "SFTDataModule"]
+__all__ = ["EvalDataModule", "EvalSet", "PreferenceDataModule", "PromptDataModule", "SFTDataModule"]

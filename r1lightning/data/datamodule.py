@@ -13,7 +13,7 @@ seeded order (``state_dict`` / ``load_state_dict`` are saved by Lightning with t
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Union
 
 import lightning.pytorch as pl
 import torch
@@ -113,8 +113,9 @@ def rows_with_value(rows: list[dict], column: str, option: str, source: str) -> 
 class _RowsDataModule(pl.LightningDataModule):
     """Loading, tokenizer lookup, resumable sampling and the consumed-batch counter."""
 
-    def __init__(self, train_data: Optional[str], val_data: Optional[str], batch_size: int, val_batch_size: Optional[int],
-                 template: str, system_prompt: Optional[str], num_workers: int, seed: int, tokenizer=None):
+    def __init__(self, train_data: Optional[Union[str, list[str]]], val_data: Optional[Union[str, list[str]]],
+                 batch_size: int, val_batch_size: Optional[int], template: str, system_prompt: Optional[str],
+                 num_workers: int, seed: int, tokenizer=None):
         super().__init__()
         check_template(template)
         if batch_size < 1:
@@ -220,8 +221,8 @@ class SFTDataModule(_RowsDataModule):
 
     def __init__(
         self,
-        train_data: Optional[str] = None,
-        val_data: Optional[str] = None,
+        train_data: Optional[Union[str, list[str]]] = None,
+        val_data: Optional[Union[str, list[str]]] = None,
         template: str = "chat",
         prompt_column: str = "prompt",
         completion_column: str = "completion",
@@ -238,7 +239,8 @@ class SFTDataModule(_RowsDataModule):
     ):
         """
         Args:
-            train_data: Training rows (path, saved dataset folder, ``synthetic:...`` or ``benchmark:...``).
+            train_data: Training rows (path, saved dataset folder, ``synthetic:...`` or ``benchmark:...``), or a list
+                of such sources, concatenated (a data mixture).
             val_data: Validation rows (same forms).
             template: 'chat' (tokenizer chat template), 'r1_zero', 'plain' or a format string with {prompt}.
             prompt_column: Column with the question / prompt (prompt-completion data).
@@ -384,8 +386,8 @@ class PromptDataModule(_RowsDataModule):
 
     def __init__(
         self,
-        train_data: Optional[str] = None,
-        val_data: Optional[str] = None,
+        train_data: Optional[Union[str, list[str]]] = None,
+        val_data: Optional[Union[str, list[str]]] = None,
         template: str = "chat",
         prompt_column: str = "prompt",
         answer_column: Optional[str] = "answer",
@@ -396,10 +398,12 @@ class PromptDataModule(_RowsDataModule):
         num_workers: int = 0,
         seed: int = 0,
         tokenizer: Any = None,
+        reward_prompt_column: Optional[str] = None,
     ):
         """
         Args:
-            train_data: Training prompts (path, saved dataset folder, ``synthetic:...`` or ``benchmark:...``).
+            train_data: Training prompts (path, saved dataset folder, ``synthetic:...`` or ``benchmark:...``), or a
+                list of such sources, concatenated (a prompt mixture).
             val_data: Held-out prompts scored in validation (pass@1 etc.).
             template: 'chat', 'r1_zero' (DeepSeek-R1-Zero Table 1), 'plain' or a format string with {prompt}.
             prompt_column: Column with the question.
@@ -412,10 +416,15 @@ class PromptDataModule(_RowsDataModule):
             val_batch_size: Questions per validation batch.
             num_workers: DataLoader worker processes.
             seed: Seed of the shuffling order.
+            reward_prompt_column: Also pass each row's prompt (as in the data, not rendered) to the reward
+                functions as a column of this name; ``prompt`` for the ``reward_model`` reward. None (default) keeps
+                the prompt out of the rewards (the ``code`` reward then needs completions that define the entry
+                point themselves; given a ``prompt`` it continues the prompt instead).
         """
         super().__init__(train_data, val_data, batch_size, val_batch_size, template, system_prompt, num_workers, seed,
                          tokenizer)
         self.prompt_column, self.answer_column = prompt_column, answer_column
+        self.reward_prompt_column = reward_prompt_column
         self.max_prompt_length = max_prompt_length
         self.dropped = 0  # prompts too long (max_prompt_length or the model's positions)
         self.no_answer = 0  # rows dropped for a missing / null answer
@@ -446,6 +455,8 @@ class PromptDataModule(_RowsDataModule):
             columns = {k: v for k, v in row.items() if k != self.prompt_column}
             if self.answer_column and self.answer_column != "answer":
                 columns["answer"] = row[self.answer_column]
+            if self.reward_prompt_column:
+                columns[self.reward_prompt_column] = row[self.prompt_column]
             items.append({"prompt_ids": ids, "prompt_text": text, "columns": columns})
         self.dropped += dropped
         why = f"max_prompt_length={self.max_prompt_length}"

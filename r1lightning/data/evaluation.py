@@ -207,6 +207,9 @@ class EvalDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> list[DataLoader]:
         return self._loaders()
 
+    def predict_dataloader(self) -> list[DataLoader]:  # rejection sampling's prompts
+        return self._loaders()
+
     def set_sizes(self) -> dict[str, int]:
         return {s.name: (len(d) if d is not None else 0) for s, d in zip(self.sets, self.datasets)}
 

@@ -5,8 +5,10 @@ A source is one string, so it reads well in YAML and on the command line:
 - ``path/to/file.jsonl`` (also ``.jsonl.gz``), ``.json`` (a list of objects), ``.parquet``
 - ``path/to/folder`` saved with ``datasets.Dataset.save_to_disk`` (a ``DatasetDict`` needs ``#split``,
   e.g. ``data/gsm8k#test``)
-- ``synthetic:arithmetic?n=20000&split=train&seed=0`` -- offline tasks with exact verifiers
+- ``synthetic:arithmetic?n=20000&split=train&seed=0`` -- offline tasks with exact verifiers; also
+  ``synthetic:preferences`` / ``general_prompts`` / ``mixed_prompts`` (:mod:`r1lightning.data.preferences`)
 - ``benchmark:gsm8k`` / ``benchmark:mmath?language=zh`` -- real benchmark data shipped in packages
+- a list of any of these: their rows concatenated (data mixtures)
 """
 
 from __future__ import annotations
@@ -50,16 +52,29 @@ def _read_jsonl(path: Path, opener) -> list[dict]:
     return rows
 
 
-def load_rows(source: str) -> list[dict]:
-    """All rows of ``source`` as plain dicts. Raises a clear error naming the source when it cannot."""
+def load_rows(source: str | list[str]) -> list[dict]:
+    """All rows of ``source`` as plain dicts. Raises a clear error naming the source when it cannot.
+
+    A list of sources is their concatenation, in order (how R1's SFT stage mixes reasoning samples with
+    non-reasoning data: ``[rejection_sampling/data.jsonl, "synthetic:general?n=2000"]``)."""
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise ValueError("data source: an empty list of sources")
+        rows: list[dict] = []
+        for part in source:
+            rows.extend(load_rows(part))
+        return rows
     if not isinstance(source, str) or not source.strip():
         raise ValueError(f"data source must be a non-empty string, got {source!r}")
     if source.startswith("synthetic:"):
+        from r1lightning.data.preferences import SYNTHETIC
         from r1lightning.data.tasks import generate
 
         name, _, query = source[len("synthetic:") :].partition("?")
         kwargs = _parse_query(query)
         n = kwargs.pop("n", 1000)
+        if name in SYNTHETIC:  # preference pairs, general and mixed RL prompts (reward models, R1 stage 4)
+            return SYNTHETIC[name](n=n, **kwargs)
         return generate(name, n=n, **kwargs)
     if source.startswith("benchmark:"):
         from r1lightning.data.benchmarks import load_benchmark

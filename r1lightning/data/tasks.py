@@ -13,6 +13,8 @@ Tasks
   subtractions); the worked solution adds left to right: ``23+45=68, 68+17=85``.
 - ``countdown``: reach a target with + - * and each given number at most once; verified by
   evaluating the expression with an AST walker (never ``eval``).
+- ``arithmetic_cot`` (long readable chains of thought for the cold start) and the non-reasoning tasks
+  ``copy``, ``reverse``, ``uppercase``, ``convert``, ``general`` (a mix): :mod:`r1lightning.data.general_tasks`.
 """
 
 from __future__ import annotations
@@ -145,19 +147,28 @@ TASKS["arithmetic_styles"] = _styled_arithmetic_problem
 _DEFAULT_KWARGS["arithmetic_styles"] = {}
 
 
+def _registry() -> tuple[dict[str, Callable[..., dict]], dict[str, dict]]:
+    """Every task a ``synthetic:<task>`` source can name: these and the later stages' data (long readable CoTs,
+    non-reasoning tasks; imported here, as general_tasks builds on this module)."""
+    from r1lightning.data.general_tasks import GENERAL_DEFAULTS, GENERAL_TASKS
+
+    return {**TASKS, **GENERAL_TASKS}, {**_DEFAULT_KWARGS, **GENERAL_DEFAULTS}
+
+
 def generate(task: str, n: int, split: str = "train", seed: int = 0, **kwargs) -> list[dict]:
     """``n`` distinct problems of ``task`` from ``split`` ("train" or "test"), deterministic in ``seed``.
 
     Each row: ``prompt``, ``answer`` (the gold final answer), ``completion`` (a worked solution in
     the R1 format), ``task``, ``id`` and task-specific fields.
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown synthetic task {task!r}; choose one of {sorted(TASKS)}")
+    tasks, defaults = _registry()
+    if task not in tasks:
+        raise ValueError(f"unknown synthetic task {task!r}; choose one of {sorted(tasks)}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    opts = {**_DEFAULT_KWARGS[task], **kwargs}
+    opts = {**defaults[task], **kwargs}
     # the split salt keeps train and test streams independent for the same seed
     rng = random.Random(f"{task}-{split}-{seed}")
     rows, seen = [], set()
@@ -166,7 +177,7 @@ def generate(task: str, n: int, split: str = "train", seed: int = 0, **kwargs) -
         attempts += 1
         if attempts > 200 * n + 10_000:
             raise RuntimeError(f"could not generate {n} distinct {task} problems for split {split!r}")
-        row = TASKS[task](rng, **opts)
+        row = tasks[task](rng, **opts)
         if row["prompt"] in seen or split_of(row["prompt"]) != split:
             continue
         seen.add(row["prompt"])

@@ -86,7 +86,7 @@ from r1lightning.losses import grpo_loss
 from r1lightning.modules.base import PolicyModule, expand_columns
 from r1lightning.policy import (PackedRows, PolicyConfig, causal_lm_token_logprobs, eval_mode, gathered_for_inference,
                                 pack_rows, pack_sequences, packed_token_logprobs)
-from r1lightning.rewards import WeightedReward
+from r1lightning.rewards import WeightedReward, reward_device
 from r1lightning.rollout.async_worker import RolloutJob, RolloutWorker
 from r1lightning.rollout.base import EngineSettings, RolloutBatch, RolloutEngine, SamplingSettings
 from r1lightning.rollout.hf import HFEngineSettings, HFProcessRolloutEngine
@@ -726,7 +726,8 @@ class GRPOModule(PolicyModule):
         hp, g = self.hparams, self.sampling.n
         engine = self.engine
         t0 = time.perf_counter()
-        total, per_fn = self.reward(out.texts, **expand_columns(columns, g))
+        with reward_device(self.device):  # a reward model (reward_model reward) runs where the policy trains
+            total, per_fn = self.reward(out.texts, **expand_columns(columns, g))
         t_reward = time.perf_counter() - t0
         resampled = 0
         if hp.dynamic_sampling == "resample":
@@ -740,8 +741,9 @@ class GRPOModule(PolicyModule):
                 again = engine.generate([prompt_ids[i] for i in dead], sampling)
                 t_gen += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                new_total, new_per_fn = self.reward(
-                    again.texts, **expand_columns({k: [v[i] for i in dead] for k, v in columns.items()}, g))
+                with reward_device(self.device):
+                    new_total, new_per_fn = self.reward(
+                        again.texts, **expand_columns({k: [v[i] for i in dead] for k, v in columns.items()}, g))
                 t_reward += time.perf_counter() - t0
                 merged = splice_groups(
                     ScoredCompletions(out.completion_ids, out.texts, out.truncated, total, per_fn, out.logprobs), dead,

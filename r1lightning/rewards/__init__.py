@@ -45,6 +45,7 @@ from r1lightning.rewards.parsing import (
     extract_final_answer,
     extract_think,
 )
+from r1lightning.rewards.reward_model import reward_device, reward_model_reward
 from r1lightning.rewards.voting import (
     group_equivalent,
     group_equivalent_batch,
@@ -83,6 +84,8 @@ __all__ = [
     "math_verify_reward",
     "normalize_answer",
     "parse_number",
+    "reward_device",
+    "reward_model_reward",
     "script_word_counts",
     "scripts_for_language",
     "shutdown_pool",

@@ -68,6 +68,7 @@ from r1lightning.rewards.code import code_reward
 from r1lightning.rewards.errors import RewardConfigError, RewardFailedError
 from r1lightning.rewards.format import format_reward
 from r1lightning.rewards.language import language_consistency_reward
+from r1lightning.rewards.reward_model import reward_model_reward
 
 __all__ = ["REWARD_FUNCS", "RewardFn", "RewardTerm", "WeightedReward", "get_reward_fn"]
 
@@ -83,6 +84,7 @@ REWARD_FUNCS: dict[str, RewardFn] = {
     "format": format_reward,
     "language_consistency": language_consistency_reward,
     "code": code_reward,
+    "reward_model": reward_model_reward,
 }
 
 
@@ -224,6 +226,7 @@ def _term_from_entry(name: object, value: object) -> RewardTerm:
         )
         isolation = _check_isolation(label, options.pop("isolation", None))
         _check_kwargs(label, fn, options)
+        _check_options(fn, options)
         return RewardTerm(
             label=label,
             fn=fn,
@@ -232,7 +235,16 @@ def _term_from_entry(name: object, value: object) -> RewardTerm:
             call_timeout_s=call_timeout_s,
             isolation=isolation,
         )
+    _check_options(fn, {})
     return RewardTerm(label=label, fn=fn, weight=_check_weight(label, value))
+
+
+def _check_options(fn: RewardFn, options: Mapping[str, Any]) -> None:
+    """A reward may validate its spec when it is built (``fn.check_options(**options)``), e.g.
+    reward_model's folder, so a configuration mistake stops the run before the first rollout."""
+    check = getattr(fn, "check_options", None)
+    if callable(check):
+        check(**options)
 
 
 class _CallTimeout(Exception):

@@ -62,6 +62,7 @@ def test_registry_names():
         "format",
         "language_consistency",
         "code",
+        "reward_model",
     }
     assert get_reward_fn("format") is format_reward
 

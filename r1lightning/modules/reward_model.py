@@ -89,7 +89,12 @@ class RewardModel(Policy):
             raise ValueError("reward model: policy.lora is not supported; train all weights (set lora: null)")
         self.template, self.max_length = template, max_length
 
-    def build(self):
+    def build(self, device_mesh=None, param_dtype=None):
+        """Create (load) the scoring model once; later calls return it. Not sharded: FSDP2 (``device_mesh``) is
+        refused: reward models are trained with DDP (one copy per rank)."""
+        if device_mesh is not None:
+            raise ValueError("RewardModelModule does not support FSDP2 (ModelParallelStrategy); train the reward "
+                             "model with strategy: ddp")
         if self.model is not None:
             return self.model
         from transformers import AutoModelForSequenceClassification

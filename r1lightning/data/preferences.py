@@ -236,23 +236,16 @@ def _check_pair(row: Any, where: str, prompt_column: str, chosen_column: str, re
 def read_preference_rows(source: str, prompt_column: str = "prompt", chosen_column: str = "chosen",
                          rejected_column: str = "rejected") -> list[dict]:
     """Rows of a preference source, each checked; a bad row is named by file and line (jsonl) or row index."""
-    from r1lightning.data.sources import load_rows
+    from r1lightning.data.sources import iter_jsonl, load_rows
     from r1lightning.policy import resolve_path
 
     raw = source.partition("#")[0]
     path = resolve_path(raw)
     if not source.startswith(("synthetic:", "benchmark:")) and path.is_file() and path.name.endswith(".jsonl"):
         rows = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                _check_pair(row, f"{path}:{lineno}", prompt_column, chosen_column, rejected_column)
-                rows.append(row)
+        for where, row in iter_jsonl(path):
+            _check_pair(row, where, prompt_column, chosen_column, rejected_column)
+            rows.append(row)
         if not rows:
             raise ValueError(f"preference data {source!r} is empty")
         return rows

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
+from typing import Any, Iterator
 from urllib.parse import parse_qsl
 
 from r1lightning.policy import resolve_path
@@ -36,19 +37,24 @@ def _parse_query(query: str) -> dict:
     return out
 
 
-def _read_jsonl(path: Path, opener) -> list[dict]:
-    rows = []
+def iter_jsonl(path: Path, opener=open) -> Iterator[tuple[str, Any]]:
+    """(``"<path>:<line>"``, parsed value) for every non-blank line; a line that is not JSON is refused by name."""
     with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield f"{path}:{lineno}", json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
-            rows.append(row)
+
+
+def _read_jsonl(path: Path, opener) -> list[dict]:
+    rows = []
+    for where, row in iter_jsonl(path, opener):
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a JSON object per line, got {type(row).__name__}")
+        rows.append(row)
     return rows
 
 

@@ -14,3 +14,28 @@ def read_scalars(root) -> dict:
         for tag in acc.Tags()["scalars"]:
             out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
     return out
+
+
+def run_process_group(cmd: list, cwd, timeout: int, hang_message: str, pythonpath=None) -> str:
+    """Run a multi-process command (ranks, torchrun) in its own session with one torch thread and the repository
+    on PYTHONPATH; a hang kills the whole group (no rank left stuck in a collective) and fails with
+    ``hang_message``; a non-zero exit fails with the log's tail. Returns the combined stdout / stderr."""
+    import os
+    import signal
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(pythonpath or root)}
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(hang_message)
+    assert proc.returncode == 0, log[-4000:]
+    return log

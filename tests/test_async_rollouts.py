@@ -138,8 +138,10 @@ def test_async_uses_the_engine_logprobs_as_behaviour(tiny_tokenizer, monkeypatch
     assert sync._behaviour(None) == {}
 
 
-def test_no_thread_left_after_an_exception_in_training_step(tiny_tokenizer, tmp_path, monkeypatch):
-    module, dm = make(tiny_tokenizer)
+@pytest.mark.parametrize("engine_process", [False, True], ids=["thread", "engine_process"])
+def test_no_thread_or_process_left_after_an_exception_in_training_step(tiny_tokenizer, tmp_path, monkeypatch,
+                                                                        engine_process):
+    module, dm = make(tiny_tokenizer, engine_process=engine_process)
     real, calls = module.optimize, []
 
     def failing(minibatches):
@@ -152,6 +154,7 @@ def test_no_thread_left_after_an_exception_in_training_step(tiny_tokenizer, tmp_
     with pytest.raises(RuntimeError, match="boom in optimize"):
         trainer(tmp_path, 5, enable_checkpointing=False).fit(module, dm)
     assert module._worker is None and worker_threads_alive() == []
+    assert engine_processes_alive() == []
 
 
 class SigtermAt(pl.Callback):
@@ -264,22 +267,6 @@ def test_engine_process_fit_keeps_the_staleness_bound_and_leaves_nothing(tiny_to
     assert t.global_step == 5 and obs.gaps == [0, 1, 1, 1, 1] and obs.reported == obs.gaps
     assert obs.trained == obs.fed[:5]
     assert module.engine is None  # closed at teardown, rebuilt from the policy on next use
-    assert engine_processes_alive() == [] and worker_threads_alive() == []
-
-
-def test_engine_process_stops_after_an_exception(tiny_tokenizer, tmp_path, monkeypatch):
-    module, dm = make(tiny_tokenizer, engine_process=True)
-    real, calls = module.optimize, []
-
-    def failing(minibatches):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("boom in optimize")
-        return real(minibatches)
-
-    monkeypatch.setattr(module, "optimize", failing)
-    with pytest.raises(RuntimeError, match="boom in optimize"):
-        trainer(tmp_path, 5, enable_checkpointing=False).fit(module, dm)
     assert engine_processes_alive() == [] and worker_threads_alive() == []
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from r1l_testing import run_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ('{"model_name_or_path": null, "tiny": {"hidden_size": 32, "num_hidden_layers": 2, '
@@ -75,18 +76,8 @@ WORKER = ROOT / "tests" / "ddp_grpo_worker.py"
 
 def run_worker(out, devices, timeout=300):
     """Run the scripted GRPO fit; a hang fails the test and no rank is left behind (own process group)."""
-    import signal
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, str(WORKER), "--devices", str(devices), "--out", str(out)], cwd=out,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        log, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"the {devices}-process GRPO fit did not finish in {timeout} s (collectives out of step?)")
-    assert proc.returncode == 0, log[-3000:]
+    run_process_group([sys.executable, WORKER, "--devices", devices, "--out", out], out, timeout,
+                      f"the {devices}-process GRPO fit did not finish in {timeout} s (collectives out of step?)")
     return [torch.load(p, map_location="cpu", weights_only=False) for p in sorted(Path(out).glob("rank*.pt"))]
 
 

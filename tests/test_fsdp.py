@@ -5,14 +5,12 @@ losses and weights agree to float32 rounding, not bit for bit: 1e-5 absolute on 
 A resumed run repeats the uninterrupted one exactly (torch.equal).
 """
 
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from r1l_testing import run_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 SFT_WORKER = ROOT / "tests" / "fsdp_sft_worker.py"
@@ -23,16 +21,8 @@ TOL = dict(atol=1e-5, rtol=0)
 def run(script: Path, out: Path, *args: str, timeout: int = 300) -> list[dict]:
     """Run a worker; a hang fails the test and no rank is left behind (own process group)."""
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, str(script), "--out", str(out), *args], cwd=out, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        log, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"{script.name} {' '.join(args)} did not finish in {timeout} s (collectives out of step?)")
-    assert proc.returncode == 0, log[-4000:]
+    run_process_group([sys.executable, script, "--out", out, *args], out, timeout,
+                      f"{script.name} {' '.join(args)} did not finish in {timeout} s (collectives out of step?)")
     return [torch.load(p, map_location="cpu", weights_only=False) for p in sorted(out.glob("rank*.pt"))]
 
 
@@ -167,16 +157,7 @@ def torchrun(tmp_path: Path, config: str, strategy: str, *args: str, timeout: in
            "--trainer.devices", "2", "--trainer.strategy", FSDP2 if strategy == "fsdp" else strategy,
            "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
            "--model.init_args.export_dir", str(tmp_path / "export"), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        log, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"torchrun {config} {strategy} did not finish in {timeout} s")
-    assert proc.returncode == 0, log[-4000:]
+    log = run_process_group(cmd, tmp_path, timeout, f"torchrun {config} {strategy} did not finish in {timeout} s")
     assert "exported the trained policy" in log
     assert (tmp_path / "export" / "model.safetensors").is_file()
     return log

@@ -119,24 +119,17 @@ def test_ddp_ranks_skip_a_step_together_when_one_rank_has_a_nonfinite_loss(tmp_p
     through the all-reduce anyway), rank 0's is finite. The loss is local, so without reducing the decision rank 0
     would step and rank 1 would not: the ranks would disagree on global_step and hang."""
     import os
-    import signal
-    import subprocess
     import sys
     from pathlib import Path
+
+    from r1l_testing import run_process_group
 
     root = Path(__file__).resolve().parents[1]
     script = tmp_path / "skip_worker.py"
     script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}"}
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        log, _ = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail("the 2-rank fit did not finish in 300 s (the ranks disagreed on skipping?)")
-    assert proc.returncode == 0, log[-3000:]
+    run_process_group([sys.executable, script, tmp_path], tmp_path, 300,
+                      "the 2-rank fit did not finish in 300 s (the ranks disagreed on skipping?)",
+                      pythonpath=f"{root}{os.pathsep}{root / 'tests'}")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     for r in (r0, r1):
         assert r["skipped"] == 1 and r["global_step"] == 1 and r["version"] == 1  # rollout 0 skipped, rollout 1 applied

@@ -322,7 +322,8 @@ def grpo_loss(
             or None (on-policy: the sampler is pi_old). Given, the surrogate of each token is weighted by
             :func:`truncated_importance_weights` ``(old_logp, behaviour_logp, mask, tis_cap)`` (decoupled
             PPO); the KL term is not weighted (it is an estimate under the current policy's own samples
-            in GRPO as in verl). Needs ``old_logp``.
+            in GRPO as in verl). With ``old_logp`` None the proximal policy is the current one
+            (``logp.detach()``: the first and only update of the batch), which is exact, not an approximation.
         tis_cap: truncation of those weights.
 
     Returns:
@@ -337,9 +338,6 @@ def grpo_loss(
         raise ValueError(f"beta must be >= 0, got {beta}")
     if beta > 0 and ref_logp is None:
         raise ValueError(f"beta={beta} > 0 needs ref_logp (reference model log-probabilities)")
-    if behaviour_logp is not None and old_logp is None:
-        raise ValueError("behaviour_logp needs old_logp (pi_old recomputed by the trainer): the importance weight "
-                         "is pi_old / pi_behaviour")
     if old_logp is None:
         old_logp = logp.detach()
     mask = mask.bool()

@@ -650,5 +650,21 @@ def test_tis_validates():
         truncated_importance_weights(old, beh, mask, cap=0.0)
     with pytest.raises(ValueError, match="behaviour_logp"):
         truncated_importance_weights(old, beh[:, :2], mask)
-    with pytest.raises(ValueError, match="needs old_logp"):
-        grpo_loss(old, None, None, torch.ones(2), mask, behaviour_logp=beh)
+
+
+def test_tis_without_old_logp_is_the_single_pass_case():
+    """Asynchronous rollouts with one update per batch skip the pi_old forward: old_logp None means pi_old is the
+    current policy before its only update, so loss, gradient and weights equal passing logp.detach() explicitly."""
+    old, beh, mask = _tis_case()
+    adv = torch.tensor([0.7, -1.3])
+    a = old.clone().requires_grad_(True)
+    b = old.clone().requires_grad_(True)
+    la, sa = grpo_loss(a, None, None, adv, mask, behaviour_logp=beh, tis_cap=2.0)
+    lb, sb = grpo_loss(b, b.detach(), None, adv, mask, behaviour_logp=beh, tis_cap=2.0)
+    la.backward()
+    lb.backward()
+    assert float(la) == float(lb) and torch.equal(a.grad, b.grad)
+    assert float(sa["tis_mean"]) == float(sb["tis_mean"]) and float(sa["tis_max"]) == float(sb["tis_max"])
+    # and the weights are really applied: without the behaviour policy the loss differs
+    lc, _ = grpo_loss(old.clone().requires_grad_(True), None, None, adv, mask)
+    assert float(lc) != float(la)

@@ -313,7 +313,7 @@ def test_engine_process_exits_when_the_trainer_is_killed(tmp_path):
         "    p = Policy(PolicyConfig(tiny=TinyModelSettings(hidden_size=16, num_hidden_layers=1, "
         "num_attention_heads=2, intermediate_size=32)))\n"
         "    e = HFProcessRolloutEngine(p, threads=1)\n"
-        "    print(e._proc.pid, flush=True)\n"
+        "    print(e.pid, flush=True)\n"
         "    os._exit(0)\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)

@@ -52,8 +52,9 @@ optimises on the batch the engine generated during the previous step. ``training
 so a batch is at most one policy version (one training step that changed the weights) stale: checked on
 every trained batch against ``max_staleness`` and logged (train/async/staleness). The first step of a fit
 only fills the pipeline (no update). The loss is AReaL's decoupled PPO with verl's truncated importance
-weight (r1lightning.losses.truncated_importance_weights): the clipped ratio is taken against pi_old recomputed
-by the trainer before the step's first update, and each token's surrogate is weighted by
+weight (r1lightning.losses.truncated_importance_weights): the clipped ratio is taken against pi_old, the trainer's
+weights before the step's first update (recomputed when mu > 1 or with several mini-batches; with one update per
+batch it is logp.detach() of that update, as in synchronous mode), and each token's surrogate is weighted by
 min(pi_old / pi_behaviour, tis_cap), pi_behaviour being the engine's sampling log-probs. The batch in flight
 is part of the checkpoint (waited for, its rollout stored), so a resumed run trains it first: no prompt is
 lost (Lightning's data position is already past it) and none is trained twice. DAPO's ``resample`` needs
@@ -89,7 +90,7 @@ from r1lightning.policy import (PackedRows, PolicyConfig, causal_lm_token_logpro
 from r1lightning.rewards import WeightedReward, reward_device
 from r1lightning.rollout.async_worker import RolloutJob, RolloutWorker
 from r1lightning.rollout.base import EngineSettings, RolloutBatch, RolloutEngine, SamplingSettings
-from r1lightning.rollout.hf import HFEngineSettings, HFProcessRolloutEngine
+from r1lightning.rollout.hf import HFEngineSettings
 
 log = logging.getLogger(__name__)
 
@@ -602,10 +603,10 @@ class GRPOModule(PolicyModule):
         self.close_engine_process()
 
     def close_engine_process(self) -> None:
-        """Stop an engine that runs in a process of its own (``HFEngineSettings(engine_process=True)``), so none
+        """Stop an engine that runs in a process of its own (``engine_process: true``), so none
         outlives the fit; it is rebuilt from the policy's weights on next use. In-process engines stay (a vLLM
         engine is expensive to start and is reused across fit / validate / test)."""
-        if isinstance(self.engine, HFProcessRolloutEngine):
+        if getattr(self.engine, "runs_in_process", False):
             self.engine.close()
             self.engine = None
 
@@ -803,8 +804,11 @@ class GRPOModule(PolicyModule):
         # every rank runs the largest micro-batch count of each mini-batch; the loss normalisers are global sums
         n_micro = self._reduce(counts[0::3], "max")
         n_seq, n_tok = self._split(self._reduce(counts[1::3] + counts[2::3], "sum"))
-        # asynchronous rollouts: the ratio is against pi_old recomputed here (decoupled PPO), not the stale sampler
-        need_old = hp.mu > 1 or hp.num_minibatches > 1 or self._async
+        # pi_old is needed as a tensor only when the weights change before a batch's last update. With one update
+        # per batch (mu = 1, one mini-batch) it is the current policy, so the loss uses logp.detach(): exact, also
+        # for asynchronous rollouts, whose decoupled PPO takes the ratio against this proximal policy and the
+        # importance weight pi_old / pi_behaviour against the stale sampler's log-probs
+        need_old = hp.mu > 1 or hp.num_minibatches > 1
         minibatches, padding = [], None
         for groups, layout, mb_micro, mb_seq, mb_tok in zip(local, layouts, n_micro, n_seq, n_tok):
             if mb_seq == 0:  # no rank has a row to learn from: every rank skips this optimizer step

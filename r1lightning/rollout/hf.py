@@ -8,19 +8,17 @@ import contextlib
 import copy
 import logging
 import time
-import traceback
-
 from typing import Optional
 
 import torch
 
 from r1lightning.policy import gathered_for_inference
 from r1lightning.rollout.base import EngineSettings, RolloutBatch, RolloutEngine, SamplingSettings
+from r1lightning.rollout.process import PROCESS_NAME, EngineProcess, serve
 
 log = logging.getLogger(__name__)
 
-PROCESS_NAME = "r1l-engine"
-"""Name of the engine process (tests look for leftovers by it)."""
+__all__ = ["HFEngineSettings", "HFProcessRolloutEngine", "HFRolloutEngine", "PROCESS_NAME", "hf_generate"]
 
 
 @torch.no_grad()
@@ -181,26 +179,11 @@ def _device_of(model) -> torch.device:
 
 
 def _serve(conn, model, tok, max_batch_size: int, threads: int) -> None:
-    """The engine process: generate on the shared-memory ``model`` for every request until the trainer says
-    stop (None) or goes away (the pipe closes: a killed trainer leaves no orphan)."""
+    """The engine process: generate on the shared-memory ``model`` for every request (see
+    :func:`r1lightning.rollout.process.serve`)."""
     torch.set_num_threads(threads)
-    conn.send(("ready", None))
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg is None:
-            return
-        prompt_ids, sampling = msg
-        try:
-            reply = ("ok", hf_generate(model, tok, prompt_ids, sampling, max_batch_size))
-        except Exception as exc:  # reported to the trainer, which raises it there
-            reply = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
-        try:
-            conn.send(reply)
-        except (BrokenPipeError, OSError):
-            return
+    serve(conn, {"generate": lambda prompt_ids, sampling: hf_generate(model, tok, prompt_ids, sampling,
+                                                                      max_batch_size)})
 
 
 class HFProcessRolloutEngine(HFRolloutEngine):
@@ -225,63 +208,38 @@ class HFProcessRolloutEngine(HFRolloutEngine):
     written to PyTorch's API but NOT exercised by this repository's tests (CPU only).
     """
 
+    runs_in_process = True
+
     def __init__(self, policy, max_batch_size: int = 256, threads: Optional[int] = None,
                  start_timeout_s: float = 300.0):
         super().__init__(policy, max_batch_size=max_batch_size, own_weights=True)
-        import torch.multiprocessing as mp
-
         if next(self.model.parameters()).device.type == "cpu":
             self.model.share_memory()
         self.threads = max(1, torch.get_num_threads() // 2) if threads is None else int(threads)
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, name=PROCESS_NAME, daemon=True,
-                                 args=(child, self.model, policy.tokenizer, max_batch_size, self.threads))
-        self._proc.start()
-        child.close()
-        self._receive("start", start_timeout_s)
-
-    def _receive(self, what: str, timeout_s: Optional[float] = None):
-        t0 = time.monotonic()
-        while not self._conn.poll(1.0):
-            if not self._proc.is_alive():
-                raise RuntimeError(f"the rollout engine process died during {what} (exit code {self._proc.exitcode})")
-            if timeout_s is not None and time.monotonic() - t0 > timeout_s:
-                self.close()
-                raise TimeoutError(f"the rollout engine process did not answer {what} within {timeout_s:.0f} s")
-        kind, value = self._conn.recv()
-        if kind == "error":
-            raise RuntimeError(f"the rollout engine process failed in {what}: {value}")
-        return value
+        self._process: Optional[EngineProcess] = EngineProcess(
+            _serve, (self.model, policy.tokenizer, max_batch_size, self.threads), start_timeout_s)
 
     @property
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.is_alive()
+        return self._process is not None and self._process.alive
+
+    @property
+    def pid(self) -> Optional[int]:
+        return None if self._process is None else self._process.pid
 
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> RolloutBatch:
-        if self._proc is None:
+        if self._process is None:
             raise RuntimeError("the rollout engine process is closed")
-        self._conn.send((list(prompt_ids), sampling))
-        return self._receive("generate")
+        return self._process.call("generate", list(prompt_ids), sampling)
 
     def close(self) -> None:
         """Stop the process (a running generate finishes first); idempotent."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        try:
-            self._conn.send(None)
-        except (BrokenPipeError, OSError):
-            pass
-        proc.join(timeout=60)
-        if proc.is_alive():
-            log.warning("the rollout engine process did not stop within 60 s; terminating it")
-            proc.terminate()
-            proc.join(timeout=10)
-        self._conn.close()
+        process, self._process = self._process, None
+        if process is not None:
+            process.close()
 
     def __del__(self):
-        if getattr(self, "_proc", None) is not None:
+        if getattr(self, "_process", None) is not None:
             self.close()
 
 

@@ -76,8 +76,8 @@ from r1lightning.rollout.base import EngineSettings, RolloutBatch, RolloutEngine
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VLLMEngineSettings", "VLLMRolloutEngine", "WeightSyncExtension", "configure_vllm_env",
-           "external_launcher_env", "policy_weights"]
+__all__ = ["VLLMEngineSettings", "VLLMProcessRolloutEngine", "VLLMRolloutEngine", "WeightSyncExtension",
+           "compare_param_sums", "configure_vllm_env", "external_launcher_env", "policy_weights"]
 
 _EXTENSION = "r1lightning.rollout.vllm.WeightSyncExtension"
 DEFAULT_BUCKET_BYTES = 256 << 20
@@ -108,6 +108,7 @@ class VLLMEngineSettings(EngineSettings):
         async_rollouts: bool = False,
         max_staleness: int = 1,
         tis_cap: float = 2.0,
+        engine_process: bool = False,
     ):
         """
         Args:
@@ -129,6 +130,9 @@ class VLLMEngineSettings(EngineSettings):
                 only while that thread is idle (see README, Asynchronous rollouts).
             max_staleness: Policy versions a trained batch may lag behind the trainer (1: one batch in flight).
             tis_cap: Truncation of the per-token importance weight pi_old / pi_behaviour (verl: 2).
+            engine_process: With ``async_rollouts``: the whole engine in a process of its own
+                (:class:`VLLMProcessRolloutEngine`), so generation and training run at the same time without
+                sharing the trainer's GIL, and without the extra processes of vLLM's multiprocess engine core.
         """
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
@@ -147,10 +151,23 @@ class VLLMEngineSettings(EngineSettings):
         self.enable_sleep_mode = enable_sleep_mode
         self.engine_kwargs = dict(engine_kwargs) if engine_kwargs else None
         self._set_async(async_rollouts, max_staleness, tis_cap)
+        if not isinstance(engine_process, bool):
+            raise ValueError(f"engine_process must be true or false, got {engine_process!r}")
+        if engine_process and not async_rollouts:
+            raise ValueError("engine_process needs async_rollouts: true (synchronous rollouts keep the engine in the "
+                             "training process, where pushes hand tensors over without copies)")
+        if engine_process and (tensor_parallel_size != 1 or enable_sleep_mode):
+            raise ValueError("engine_process runs a one-device engine per training rank: tensor_parallel_size must "
+                             "be 1 and enable_sleep_mode false")
+        self.engine_process = engine_process
 
-    def build(self, policy) -> "VLLMRolloutEngine":
+    engine_process: bool = False  # settings pickled before this option existed
+
+    def build(self, policy) -> "RolloutEngine":
         if importlib.util.find_spec("vllm") is None:
             raise ModuleNotFoundError(VLLM_MISSING)
+        if self.engine_process:
+            return VLLMProcessRolloutEngine.from_settings(policy, self)
         return VLLMRolloutEngine.from_settings(policy, self)
 
 
@@ -408,6 +425,32 @@ class WeightSyncExtension:
         sums = {n: (p.numel(), float(p.detach().double().sum()) if p.numel() else 0.0)
                 for n, p in model.named_parameters()}
         return {"sums": sums, "packed": dict(getattr(type(model), "packed_modules_mapping", {}) or {})}
+
+
+def compare_param_sums(info: dict[str, Any], policy=None) -> dict[str, Any]:
+    """:meth:`VLLMRolloutEngine.engine_param_checksum`'s comparison of the engine's parameter sums (``info``, from
+    the worker's ``r1l_param_sums``) with the policy's; ``info`` itself when ``policy`` is None."""
+    if policy is None:
+        return info
+    ours = {n: float(t.double().sum()) for n, t in policy_weights(policy)}
+    compared, skipped, worst, worst_name = 0, 0, 0.0, None
+    for name, (numel, total) in info["sums"].items():
+        if numel == 0:
+            skipped += 1
+            continue
+        parts = [name]
+        for fused, pieces in info["packed"].items():
+            if f".{fused}." in name:
+                parts = [name.replace(f".{fused}.", f".{p}.") for p in pieces]
+        if not all(p in ours for p in parts):
+            skipped += 1
+            continue
+        expected = sum(ours[p] for p in parts)
+        diff = abs(expected - total) / max(1.0, abs(expected))
+        compared += 1
+        if math.isnan(diff) or (not math.isnan(worst) and diff >= worst):  # a NaN sum is the worst
+            worst, worst_name = diff, name
+    return {"compared": compared, "skipped": skipped, "max_rel_diff": worst, "worst": worst_name}
 
 
 def _empty_cuda_cache() -> None:
@@ -742,26 +785,175 @@ class VLLMRolloutEngine(RolloutEngine):
         Returns ``{"compared", "skipped", "max_rel_diff", "worst"}``, the difference of each sum taken
         relative to ``max(1, |policy sum|)`` (or the raw engine sums when ``policy`` is None).
         """
-        info = self.llm.collective_rpc("r1l_param_sums")[0]
-        if policy is None:
-            return info
-        ours = {n: float(t.double().sum()) for n, t in policy_weights(policy)}
-        compared, skipped, worst, worst_name = 0, 0, 0.0, None
-        for name, (numel, total) in info["sums"].items():
-            if numel == 0:
-                skipped += 1
-                continue
-            parts = [name]
-            for fused, pieces in info["packed"].items():
-                if f".{fused}." in name:
-                    parts = [name.replace(f".{fused}.", f".{p}.") for p in pieces]
-            if not all(p in ours for p in parts):
-                skipped += 1
-                continue
-            expected = sum(ours[p] for p in parts)
-            diff = abs(expected - total) / max(1.0, abs(expected))
-            compared += 1
-            if math.isnan(diff) or (not math.isnan(worst) and diff >= worst):  # a NaN sum is the worst
-                worst, worst_name = diff, name
-        return {"compared": compared, "skipped": skipped, "max_rel_diff": worst, "worst": worst_name}
+        return compare_param_sums(self.llm.collective_rpc("r1l_param_sums")[0], policy)
 
+
+
+class _SharedWeights:
+    """Stands in for the policy inside the engine process: :func:`policy_weights` reads the shared-memory
+    buffers the trainer copied the policy into (already in the engine's dtype)."""
+
+    def __init__(self, buffers: dict[str, torch.Tensor]):
+        self.buffers = buffers
+
+    def merged_weights(self, dtype: Optional[torch.dtype] = None) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in self.buffers.items():
+            yield name, tensor if dtype is None else tensor.to(dtype)
+
+
+def _serve_vllm(conn, model_dir: str, tokenizer, engine_kwargs: dict, threads: int,
+                buffers: dict[str, torch.Tensor]) -> None:
+    """The engine process of :class:`VLLMProcessRolloutEngine`: an in-process vLLM engine (its engine core and
+    worker in this process, so one busy process, not three) serving generate / push / probe requests."""
+    from r1lightning.rollout.process import serve
+
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # everything in this process (the trainer is another one)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    torch.set_num_threads(threads)
+    engine = VLLMRolloutEngine(model_dir, tokenizer, **engine_kwargs)
+    shared = _SharedWeights(buffers)
+
+    def update() -> int:
+        return int(engine.update_weights(shared)["tensors"])
+
+    handlers = {
+        "generate": engine.generate,
+        "update": update,
+        "probe": engine.probe_logprobs,
+        "param_sums": lambda: engine.llm.collective_rpc("r1l_param_sums")[0],
+    }
+    ready = {"max_model_len": engine.max_model_len, "dtype": engine.dtype, "startup_s": engine.startup_s}
+    serve(conn, handlers, ready=ready, on_exit=engine.close)
+
+
+class VLLMProcessRolloutEngine(RolloutEngine):
+    """A vLLM engine in a process of its own, for asynchronous rollouts (``VLLMEngineSettings(async_rollouts:
+    true, engine_process: true)``); same interface and :class:`RolloutBatch` as :class:`VLLMRolloutEngine`.
+
+    Why not vLLM's own engine-core process (``VLLM_ENABLE_V1_MULTIPROCESSING=1``)? On the CPU build that runs the
+    engine core and the model worker as two processes (vLLM's CPU platform forces its multiprocess executor), so
+    an asynchronous step keeps three processes busy on the trainer's cores -- measured: the engine core alone
+    took a quarter of a core polling its worker -- and the front end (output processing) stays in the trainer's
+    process, under its GIL. Here one spawned process holds the whole in-process engine (as in synchronous mode),
+    and the trainer talks to it over a pipe (:class:`~r1lightning.rollout.process.EngineProcess`).
+
+    * start-up: the policy (LoRA merged) is written to a temporary folder the process loads, as
+      :meth:`VLLMRolloutEngine.from_policy`.
+    * push (:meth:`update_weights`): the trainer copies the policy, tensor by tensor (:func:`policy_weights`,
+      cast to the engine's dtype), into buffers in shared memory allocated once at start-up (one more copy
+      of the weights), then the process feeds those buffers to its engine's usual push
+      (:meth:`VLLMRolloutEngine.update_weights`, verified by ``VLLMRolloutRefresh`` through
+      :meth:`probe_logprobs`). Only while the process is idle (the asynchronous protocol pushes only then).
+    * ``generate``: prompts and sampling settings through the pipe; the caller (the rollout worker thread)
+      waits without holding the GIL. The engine seeds every request (``SamplingSettings.seed``), so a resumed
+      run samples what the uninterrupted one did.
+    * the process uses ``threads`` torch threads (default: half of the trainer's count at build time, at
+      least 1), stops on :meth:`close` (the module closes it at teardown) and by itself when the trainer dies.
+
+    One device per engine: ``tensor_parallel_size`` > 1 and sleep mode are refused. On GPU the buffers stay in
+    CPU shared memory and each push copies them to the device (written to vLLM's API, UNTESTED here: no GPU).
+    """
+
+    holds_weights = True
+    runs_in_process = True
+
+    def __init__(self, policy, *, dtype: str = "auto", threads: Optional[int] = None,
+                 start_timeout_s: float = 600.0, **engine_kwargs):
+        from r1lightning.rollout.process import EngineProcess
+
+        if engine_kwargs.get("tensor_parallel_size", 1) != 1 or engine_kwargs.get("enable_sleep_mode"):
+            raise ValueError("engine_process runs a one-device engine per training rank: tensor_parallel_size must "
+                             "be 1 and enable_sleep_mode false")
+        if _on_cpu():
+            check_cpu_head_dim(policy.build().config)
+        if dtype == "auto":  # the trainer's dtype, as VLLMRolloutEngine.from_policy
+            dtype = str(next(policy.build().parameters()).dtype).removeprefix("torch.")
+        self.dtype: torch.dtype = getattr(torch, dtype)
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="r1l_vllm_")
+        policy.save_pretrained(self._tmpdir.name, every_rank=True)
+        # every name the push sends (tied aliases included), in its order, each a buffer of its own
+        self._buffers = {name: tensor.detach().to("cpu", self.dtype, copy=True).contiguous().share_memory_()
+                         for name, tensor in policy_weights(policy, dtype=self.dtype)}
+        self.threads = max(1, torch.get_num_threads() // 2) if threads is None else int(threads)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            engine_kwargs["seed"] = engine_kwargs.get("seed", 0) + torch.distributed.get_rank()
+        t0 = time.perf_counter()
+        try:
+            self._process: Optional[EngineProcess] = EngineProcess(
+                _serve_vllm, (self._tmpdir.name, policy.tokenizer, dict(engine_kwargs, dtype=dtype), self.threads,
+                              self._buffers), start_timeout_s, daemon=False)
+        except BaseException:
+            self._tmpdir.cleanup()
+            raise
+        self.startup_s = time.perf_counter() - t0
+        self.max_model_len = int(self._process.info["max_model_len"])
+        self.num_updates = 0
+
+    @classmethod
+    def from_settings(cls, policy, settings: "VLLMEngineSettings") -> "VLLMProcessRolloutEngine":
+        return cls(policy, dtype=settings.dtype, max_model_len=settings.max_model_len,
+                   max_num_batched_tokens=settings.max_num_batched_tokens,
+                   tensor_parallel_size=settings.tensor_parallel_size, enforce_eager=settings.enforce_eager,
+                   gpu_memory_utilization=settings.gpu_memory_utilization,
+                   kv_cache_space_gb=settings.kv_cache_space_gb, enable_sleep_mode=settings.enable_sleep_mode,
+                   engine_kwargs=settings.engine_kwargs)
+
+    def _call(self, op: str, *args):
+        if self._process is None:
+            raise RuntimeError("the vLLM engine process is closed")
+        return self._process.call(op, *args)
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.alive
+
+    @property
+    def pid(self) -> Optional[int]:
+        return None if self._process is None else self._process.pid
+
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> RolloutBatch:
+        return self._call("generate", [list(p) for p in prompt_ids], sampling)
+
+    @torch.no_grad()
+    def update_weights(self, policy) -> dict:
+        """Copy the policy into the shared buffers, then have the process push them into its engine."""
+        t0 = time.perf_counter()
+        nbytes = seen = 0
+        for name, tensor in policy_weights(policy, dtype=self.dtype):
+            buffer = self._buffers.get(name)
+            if buffer is None or buffer.shape != tensor.shape:
+                raise RuntimeError(f"weight push: {name!r} {tuple(tensor.shape)} has no buffer of that shape in the "
+                                   "engine process (the policy's architecture changed since the engine started)")
+            buffer.copy_(tensor)
+            nbytes += tensor.numel() * tensor.element_size()
+            seen += 1
+        if seen != len(self._buffers):
+            raise RuntimeError(f"weight push: the policy sent {seen} tensors, the engine process expects "
+                               f"{len(self._buffers)}")
+        received = self._call("update")
+        self.num_updates += 1
+        return {"seconds": time.perf_counter() - t0, "bytes": nbytes, "tensors": received,
+                "dtype": str(self.dtype).removeprefix("torch.")}
+
+    def probe_logprobs(self, token_ids: list[int]) -> list[float]:
+        """As :meth:`VLLMRolloutEngine.probe_logprobs`, answered by the process's engine."""
+        if len(token_ids) < 2:
+            raise ValueError("a probe needs at least 2 tokens")
+        return self._call("probe", list(token_ids))
+
+    def engine_param_checksum(self, policy=None) -> dict[str, Any]:
+        """As :meth:`VLLMRolloutEngine.engine_param_checksum`."""
+        return compare_param_sums(self._call("param_sums"), policy)
+
+    def close(self) -> None:
+        """Stop the process (its engine shuts down there) and remove the start-up folder; idempotent."""
+        process, self._process = getattr(self, "_process", None), None
+        if process is not None:
+            process.close()
+        tmp, self._tmpdir = getattr(self, "_tmpdir", None), None
+        if tmp is not None:
+            tmp.cleanup()
+
+    def __del__(self):
+        if getattr(self, "_process", None) is not None:
+            self.close()

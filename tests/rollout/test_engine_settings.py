@@ -28,7 +28,7 @@ def test_defaults_are_the_contract():
     assert vars(v) == dict(dtype="auto", gpu_memory_utilization=0.3, kv_cache_space_gb=None, max_model_len=None,
                            max_num_batched_tokens=None, tensor_parallel_size=1, enforce_eager=False,
                            enable_sleep_mode=False, engine_kwargs=None, async_rollouts=False, max_staleness=1,
-                           tis_cap=2.0)
+                           tis_cap=2.0, engine_process=False)
     # synchronous (exact on-policy) unless asked
     assert vars(HFEngineSettings()) == {"max_batch_size": 256, "async_rollouts": False, "max_staleness": 1,
                                         "tis_cap": 2.0, "engine_process": False}

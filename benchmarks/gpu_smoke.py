@@ -58,8 +58,8 @@ import sys
 import time
 from pathlib import Path
 
-PHASES = ("fp32", "bf16", "grpo", "resume", "zero3", "zero3_resume", "fsdp_sft", "fsdp_grpo")
-NEEDS_VLLM = ("fp32", "bf16", "grpo", "resume", "fsdp_grpo")
+PHASES = ("fp32", "bf16", "grpo", "resume", "async", "zero3", "zero3_resume", "fsdp_sft", "fsdp_grpo")
+NEEDS_VLLM = ("fp32", "bf16", "grpo", "resume", "async", "fsdp_grpo")
 GIB = 1 << 30
 # tiny Llama: head_dim = 256 / 4 = 64 (an attention-kernel size every vLLM backend has)
 TINY = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
@@ -218,7 +218,7 @@ def _push_phase(dtype: str, with_sleep_checks: bool) -> dict:
     return res
 
 
-def _grpo_module(root: Path):
+def _grpo_module(root: Path, engine_process: bool = False):
     import lightning.pytorch as pl
 
     from r1lightning.callbacks import VLLMRolloutRefresh
@@ -230,8 +230,12 @@ def _grpo_module(root: Path):
     module = GRPOModule(
         policy=PolicyConfig(tiny=TinyModelSettings(**TINY), dtype="float32"), rewards=[length_reward], beta=0.001,
         lr=1e-3, sampling=SamplingSettings(n=4, max_new_tokens=16, seed=1),
+        # engine_process: asynchronous rollouts with the whole engine in a spawned process on the same GPU (no
+        # sleep mode there: the engine keeps its memory while the trainer runs beside it)
         rollout=VLLMEngineSettings(dtype="bfloat16", gpu_memory_utilization=GPU_MEMORY_UTILIZATION,
-                                   enforce_eager=True, enable_sleep_mode=True, max_num_batched_tokens=2048),
+                                   enforce_eager=True, enable_sleep_mode=not engine_process,
+                                   max_num_batched_tokens=2048, async_rollouts=engine_process,
+                                   engine_process=engine_process),
         eval_sampling=None, export_dir="none",
     )
     dm = PromptDataModule(train_data="synthetic:arithmetic?n=64&split=train", batch_size=4,
@@ -249,13 +253,13 @@ def _trainer(root: Path, max_steps: int, callbacks):
                       num_sanity_val_steps=0, limit_val_batches=0, callbacks=callbacks)
 
 
-def _grpo_phase(root: Path, steps: int, resume: bool) -> dict:
+def _grpo_phase(root: Path, steps: int, resume: bool, engine_process: bool = False) -> dict:
     import torch
 
     torch.serialization.add_safe_globals([length_reward])  # the checkpoint's hparams name this reward
     torch.cuda.reset_peak_memory_stats()
     failures: list[str] = []
-    module, dm, cb, ckpt = _grpo_module(root)
+    module, dm, cb, ckpt = _grpo_module(root, engine_process=engine_process)
     ckpts = sorted((root / "ckpt").glob("*.ckpt"), key=os.path.getmtime) if resume else []
     if resume and not ckpts:
         return {"failures": [f"no checkpoint under {root / 'ckpt'} (run the grpo phase first)"]}
@@ -269,7 +273,8 @@ def _grpo_phase(root: Path, steps: int, resume: bool) -> dict:
         res = {"fit_s": time.perf_counter() - t0, "global_step": int(trainer.global_step), "pushes": cb.pushes,
                "last_push": {k: v for k, v in cb.last_info.items() if isinstance(v, (int, float, str))},
                "last_stats": cb.last_stats, "end": _memory(torch),
-               "engine_dtype": str(getattr(engine, "dtype", None))}
+               # a process engine is closed (None) after the fit: its dtype as its last push reported it
+               "engine_dtype": str(engine.dtype) if engine is not None else f"torch.{cb.last_info.get('dtype')}"}
         if engine is not None and hasattr(engine, "close"):
             engine.close()
     _check(trainer.global_step == target, f"global_step {trainer.global_step} != {target}", failures)
@@ -278,6 +283,10 @@ def _grpo_phase(root: Path, steps: int, resume: bool) -> dict:
     diff = cb.last_stats.get("vllm/probe_max_abs_diff")
     _check(diff is not None, "no probe verification logged", failures)
     _check(res["engine_dtype"] == "torch.bfloat16", f"engine dtype {res['engine_dtype']}", failures)
+    if engine_process:  # the module closes its engine process at teardown
+        _check(module.engine is None, "the engine process was not closed at teardown", failures)
+        _check(float(trainer.callback_metrics.get("train/async/staleness", -1)) == 1.0,
+               "the last trained batch was not one policy version old", failures)
     res["failures"] = failures
     return res
 
@@ -411,6 +420,8 @@ def run_child(phase: str, workdir: Path, steps: int) -> dict:
         return _push_phase("float32", with_sleep_checks=True)
     if phase == "bf16":
         return _push_phase("bfloat16", with_sleep_checks=False)
+    if phase == "async":
+        return _grpo_phase(workdir / "async", steps, resume=False, engine_process=True)
     return _grpo_phase(workdir, steps, resume=(phase == "resume"))
 
 

@@ -21,7 +21,8 @@ def smoke():
 
 def test_options_parse(smoke):
     args = smoke.build_parser().parse_args([])
-    assert args.phases == ["fp32", "bf16", "grpo", "resume", "zero3", "zero3_resume", "fsdp_sft", "fsdp_grpo"]
+    assert args.phases == ["fp32", "bf16", "grpo", "resume", "async", "zero3", "zero3_resume", "fsdp_sft",
+                           "fsdp_grpo"]
     assert args.child is None
     assert args.budget < 600  # the whole run fits a 10-minute device slot
     args = smoke.build_parser().parse_args(["--phases", "bf16", "grpo", "--out", "x.json", "--grpo-steps", "2"])

@@ -14,7 +14,7 @@ import torch
 
 from r1lightning.policy import gathered_for_inference
 from r1lightning.rollout.base import EngineSettings, RolloutBatch, RolloutEngine, SamplingSettings
-from r1lightning.rollout.process import PROCESS_NAME, EngineProcess, serve
+from r1lightning.rollout.process import PROCESS_NAME, EngineProcess, ProcessBackedEngine, serve
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def _serve(conn, model, tok, max_batch_size: int, threads: int) -> None:
                                                                       max_batch_size)})
 
 
-class HFProcessRolloutEngine(HFRolloutEngine):
+class HFProcessRolloutEngine(ProcessBackedEngine, HFRolloutEngine):
     """:class:`HFRolloutEngine` with its own weights, generating in a separate process.
 
     Why: with rollouts in a thread of the training process the two phases take turns on the GIL (the HF
@@ -208,8 +208,6 @@ class HFProcessRolloutEngine(HFRolloutEngine):
     written to PyTorch's API but NOT exercised by this repository's tests (CPU only).
     """
 
-    runs_in_process = True
-
     def __init__(self, policy, max_batch_size: int = 256, threads: Optional[int] = None,
                  start_timeout_s: float = 300.0):
         super().__init__(policy, max_batch_size=max_batch_size, own_weights=True)
@@ -218,29 +216,7 @@ class HFProcessRolloutEngine(HFRolloutEngine):
         self.threads = max(1, torch.get_num_threads() // 2) if threads is None else int(threads)
         self._process: Optional[EngineProcess] = EngineProcess(
             _serve, (self.model, policy.tokenizer, max_batch_size, self.threads), start_timeout_s)
-
-    @property
-    def alive(self) -> bool:
-        return self._process is not None and self._process.alive
-
-    @property
-    def pid(self) -> Optional[int]:
-        return None if self._process is None else self._process.pid
-
-    def generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> RolloutBatch:
-        if self._process is None:
-            raise RuntimeError("the rollout engine process is closed")
-        return self._process.call("generate", list(prompt_ids), sampling)
-
-    def close(self) -> None:
-        """Stop the process (a running generate finishes first); idempotent."""
-        process, self._process = self._process, None
-        if process is not None:
-            process.close()
-
-    def __del__(self):
-        if getattr(self, "_process", None) is not None:
-            self.close()
+    # alive, pid, generate (through the pipe) and close come first from ProcessBackedEngine
 
 
 class HFEngineSettings(EngineSettings):

@@ -115,3 +115,37 @@ class EngineProcess:
             proc.terminate()
             proc.join(timeout=10)
         self._conn.close()
+
+
+class ProcessBackedEngine:
+    """What an engine whose work runs in an :class:`EngineProcess` (``self._process``) shares: the marker the
+    module closes such engines by (``runs_in_process``), liveness, ``generate`` through the pipe, and closing."""
+
+    runs_in_process = True
+    _process: Optional[EngineProcess] = None
+
+    def _call(self, op: str, *args):
+        if self._process is None:
+            raise RuntimeError("the rollout engine process is closed")
+        return self._process.call(op, *args)
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.alive
+
+    @property
+    def pid(self) -> Optional[int]:
+        return None if self._process is None else self._process.pid
+
+    def generate(self, prompt_ids, sampling):
+        return self._call("generate", [list(p) for p in prompt_ids], sampling)
+
+    def close(self) -> None:
+        """Stop the process (a running request finishes first); idempotent."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.close()
+
+    def __del__(self):
+        if getattr(self, "_process", None) is not None:
+            self.close()

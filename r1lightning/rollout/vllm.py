@@ -73,6 +73,7 @@ from typing import Any, Literal, Optional
 import torch
 
 from r1lightning.rollout.base import EngineSettings, RolloutBatch, RolloutEngine, SamplingSettings
+from r1lightning.rollout.process import EngineProcess, ProcessBackedEngine, serve
 
 log = logging.getLogger(__name__)
 
@@ -805,8 +806,6 @@ def _serve_vllm(conn, model_dir: str, tokenizer, engine_kwargs: dict, threads: i
                 buffers: dict[str, torch.Tensor]) -> None:
     """The engine process of :class:`VLLMProcessRolloutEngine`: an in-process vLLM engine (its engine core and
     worker in this process, so one busy process, not three) serving generate / push / probe requests."""
-    from r1lightning.rollout.process import serve
-
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # everything in this process (the trainer is another one)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     torch.set_num_threads(threads)
@@ -826,7 +825,7 @@ def _serve_vllm(conn, model_dir: str, tokenizer, engine_kwargs: dict, threads: i
     serve(conn, handlers, ready=ready, on_exit=engine.close)
 
 
-class VLLMProcessRolloutEngine(RolloutEngine):
+class VLLMProcessRolloutEngine(ProcessBackedEngine, RolloutEngine):
     """A vLLM engine in a process of its own, for asynchronous rollouts (``VLLMEngineSettings(async_rollouts:
     true, engine_process: true)``); same interface and :class:`RolloutBatch` as :class:`VLLMRolloutEngine`.
 
@@ -855,12 +854,9 @@ class VLLMProcessRolloutEngine(RolloutEngine):
     """
 
     holds_weights = True
-    runs_in_process = True
 
     def __init__(self, policy, *, dtype: str = "auto", threads: Optional[int] = None,
                  start_timeout_s: float = 600.0, **engine_kwargs):
-        from r1lightning.rollout.process import EngineProcess
-
         if engine_kwargs.get("tensor_parallel_size", 1) != 1 or engine_kwargs.get("enable_sleep_mode"):
             raise ValueError("engine_process runs a one-device engine per training rank: tensor_parallel_size must "
                              "be 1 and enable_sleep_mode false")
@@ -898,22 +894,6 @@ class VLLMProcessRolloutEngine(RolloutEngine):
                    kv_cache_space_gb=settings.kv_cache_space_gb, enable_sleep_mode=settings.enable_sleep_mode,
                    engine_kwargs=settings.engine_kwargs)
 
-    def _call(self, op: str, *args):
-        if self._process is None:
-            raise RuntimeError("the vLLM engine process is closed")
-        return self._process.call(op, *args)
-
-    @property
-    def alive(self) -> bool:
-        return self._process is not None and self._process.alive
-
-    @property
-    def pid(self) -> Optional[int]:
-        return None if self._process is None else self._process.pid
-
-    def generate(self, prompt_ids: list[list[int]], sampling: SamplingSettings) -> RolloutBatch:
-        return self._call("generate", [list(p) for p in prompt_ids], sampling)
-
     @torch.no_grad()
     def update_weights(self, policy) -> dict:
         """Copy the policy into the shared buffers, then have the process push them into its engine."""
@@ -947,13 +927,7 @@ class VLLMProcessRolloutEngine(RolloutEngine):
 
     def close(self) -> None:
         """Stop the process (its engine shuts down there) and remove the start-up folder; idempotent."""
-        process, self._process = getattr(self, "_process", None), None
-        if process is not None:
-            process.close()
+        ProcessBackedEngine.close(self)
         tmp, self._tmpdir = getattr(self, "_tmpdir", None), None
         if tmp is not None:
             tmp.cleanup()
-
-    def __del__(self):
-        if getattr(self, "_process", None) is not None:
-            self.close()

@@ -10,15 +10,18 @@ to choose between and a reason (the accuracy reward, nothing else) to prefer som
   two-digit numbers in one go, so this style is short and almost always wrong.
 * ``worked``: left-to-right partial sums joined by English connectives,
   ``23+45=68, then 68+17=85, so the answer is 85``: longer, more often right.
-* ``checked``: a worked solution in which every step is re-checked by the easier decomposition
-  (tens, then units: one carry at a time instead of two), and the checked value is the one carried
-  on: ``68+17=85, let me check: 68+10=78, 78+7=85``. With probability ``p_slip`` the first result
-  of a step is a typical slip (off by ten or by one); the check finds a different value and says
-  so: ``68+17=75, let me check: 68+10=78, 78+7=85, wait, 68+17=85``. "wait" comes *after* the
-  check, where the two values disagree, so saying it is a real detection, never a free word.
-  Checking is longer and, where the decomposition is easier for the model than the direct sum,
-  more often right: the accuracy reward can then raise the rate of reflective words ("let me",
-  "check", "wait") and the response length without rewarding either.
+* ``checked``: a worked solution in which every step is computed a second time ("let me check")
+  and, where the two results disagree, a third time after "wait"; the last result is carried on:
+  ``68+17=85, let me check: 68+17=85``. With probability ``p_slip`` one of the first two results
+  (either, equally often) is a typical slip (off by ten or by one), so the data teaches the model to
+  compute the check afresh instead of copying the line above and to say "wait" only where the
+  two disagree: ``68+17=75, let me check: 68+17=85, wait, 68+17=85``. A 1M-parameter model
+  sampled at T = 1 slips on some steps (12% of direct sums in the measured base); a second
+  computation that disagrees catches many of those slips, so checked solutions can be more often
+  right, and the accuracy reward can raise the rate of reflective words ("let me", "check",
+  "wait") and the response length without rewarding either. (A check by another route, tens then
+  units, was tried first: the model's decomposed sums were less reliable than its direct ones,
+  86% x 76% against 84%, so that check made solutions worse.)
 * Language mixing, conditioned on the prompt as in R1 ("particularly when RL prompts involve
   multiple languages", §2.3): a share ``p_zh_prompt`` of prompts are worded in Chinese
   (``计算 23+45+17。``), and a share ``p_mixed`` of their worked and checked solutions say the
@@ -47,13 +50,6 @@ STYLES = ("short", "worked", "checked")
 CONNECTIVES_ZH = {"then": "然后", "so the answer is": "所以答案是"}
 
 
-def _check(acc: int, x: int) -> str:
-    """The decomposed re-computation of ``acc + x``: tens first, then units (``68+10=78, 78+7=85``)."""
-    tens, units = x - x % 10, x % 10
-    mid = acc + tens
-    return f"{acc}+{tens}={mid}, {mid}+{units}={mid + units}" if units else f"{acc}+{tens}={mid}"
-
-
 def _slip(rng: random.Random, value: int) -> int:
     """A typical wrong partial sum: a dropped or doubled carry (off by ten) or off by one."""
     return value + rng.choice((-10, 10, -1, 1))
@@ -62,8 +58,9 @@ def _slip(rng: random.Random, value: int) -> int:
 def write_solution(nums: list[int], style: str, mixed: bool, rng: random.Random, p_slip: float = 0.3) -> str:
     """The completion (R1 format, answer boxed) for the sum of ``nums`` written in ``style``.
 
-    ``mixed``: connectives in Chinese (worked and checked styles only). ``checked`` re-checks every
-    step; a step's first result is a slip with probability ``p_slip``, which its check corrects.
+    ``mixed``: connectives in Chinese (worked and checked styles only). ``checked`` computes every
+    step twice; with probability ``p_slip`` one of the two results is a slip, and a third, right
+    result after "wait" settles it.
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
@@ -80,9 +77,10 @@ def write_solution(nums: list[int], style: str, mixed: bool, rng: random.Random,
         if style == "worked":
             step = f"{acc}+{x}={new}"
         elif rng.random() < p_slip:
-            step = f"{acc}+{x}={_slip(rng, new)}, let me check: {_check(acc, x)}, wait, {acc}+{x}={new}"
+            first, second = (_slip(rng, new), new) if rng.random() < 0.5 else (new, _slip(rng, new))
+            step = f"{acc}+{x}={first}, let me check: {acc}+{x}={second}, wait, {acc}+{x}={new}"
         else:
-            step = f"{acc}+{x}={new}, let me check: {_check(acc, x)}"
+            step = f"{acc}+{x}={new}, let me check: {acc}+{x}={new}"
         parts.append(step if i == 0 else f"{say('then')} {step}")
         acc = new
     think = ", ".join(parts) + f", {say('so the answer is')} {answer}"
@@ -90,7 +88,7 @@ def write_solution(nums: list[int], style: str, mixed: bool, rng: random.Random,
 
 
 def styled_arithmetic_problem(rng: random.Random, min_terms: int = 3, max_terms: int = 3, p_short: float = 0.35,
-                              p_checked: float = 0.15, p_zh_prompt: float = 0.3, p_mixed: float = 0.8,
+                              p_checked: float = 0.2, p_zh_prompt: float = 0.3, p_mixed: float = 0.8,
                               p_mixed_en: float = 0.0, p_slip: float = 0.3) -> dict:
     """One sum of two-digit numbers, its prompt in English or Chinese, with a solution in a randomly drawn style.
 

@@ -11,7 +11,7 @@ import statistics
 import pytest
 
 from r1lightning.callbacks.reflection import DEFAULT_REFLECTIVE_WORDS, ReflectiveWordCounter
-from r1lightning.data.styles import _check, classify_style, styled_arithmetic_problem, write_solution
+from r1lightning.data.styles import classify_style, styled_arithmetic_problem, write_solution
 from r1lightning.data.tasks import generate, split_of
 from r1lightning.rewards import accuracy_reward, extract_think
 from r1lightning.rewards.language import target_language_fraction
@@ -39,22 +39,26 @@ def test_every_solution_is_right_and_every_slip_is_caught(rows):
         think = extract_think(r["completion"])
         for m in SUM.finditer(think):
             a, b, c = map(int, m.groups())
-            if a + b != c:  # a slip: its check follows, ends in the right sum, and only then comes "wait"
+            if a + b != c:  # a slip, in the first or the second computation; "wait", then the right sum
                 slips += 1
                 after = think[m.end():]
-                assert re.match(rf", let me check: {a}\+\d+=\d+(, \d+\+\d=\d+)?, wait, {a}\+{b}={a + b}(,|$)", after), after
+                assert re.match(rf"(, let me check: {a}\+{b}={a + b})?, wait, {a}\+{b}={a + b}(,|$)", after), after
                 assert abs(c - (a + b)) in (1, 10)
         # every step of a checked solution is checked, and the value carried on is the checked one
         if r["style"] == "checked":
             assert think.count("let me check") == len(nums) - 1
-    assert slips > 150  # p_slip 0.3 of 2 steps of ~450 checked solutions
+    assert slips > 200  # p_slip 0.3 of 2 steps of ~600 checked solutions
+    # a step is checked by computing it again; "wait" comes exactly where the two computations disagree
+    for r in rows:
+        for m in re.finditer(r"(\d+\+\d+)=(\d+), let me check: \1=(\d+)(, wait)?", extract_think(r["completion"])):
+            assert (m.group(2) != m.group(3)) == bool(m.group(4)), m.group(0)
 
 
 def test_style_and_language_shares(rows):
     styles = [r["style"] for r in rows]
     share = {s: styles.count(s) / len(rows) for s in ("short", "worked", "checked")}
-    assert share["short"] == pytest.approx(0.35, abs=0.03)  # defaults: p_short 0.35, p_checked 0.15
-    assert share["checked"] == pytest.approx(0.15, abs=0.02)
+    assert share["short"] == pytest.approx(0.35, abs=0.03)  # defaults: p_short 0.35, p_checked 0.2
+    assert share["checked"] == pytest.approx(0.2, abs=0.02)
     assert statistics.mean(r["zh_prompt"] for r in rows) == pytest.approx(0.3, abs=0.03)
     long_zh = [r for r in rows if r["style"] != "short" and r["zh_prompt"]]
     assert statistics.mean(r["mixed"] for r in long_zh) == pytest.approx(0.8, abs=0.04)
@@ -73,22 +77,17 @@ def test_styles_are_recognisable_and_measured_as_intended(rows):
         assert (reflective > 0) == (r["style"] == "checked")
 
 
-def test_check_decomposes_tens_then_units():
-    assert _check(68, 17) == "68+10=78, 78+7=85"
-    assert _check(68, 20) == "68+20=88"  # no units: one step
-
-
 def test_hand_written_solutions():
     rng = random.Random(0)
     assert write_solution([23, 45, 17], "short", False, rng) == "<think>85</think><answer>\\boxed{85}</answer>"
     assert write_solution([23, 45, 17], "worked", True, rng) == (
         "<think>23+45=68, 然后 68+17=85, 所以答案是 85</think><answer>\\boxed{85}</answer>")
     checked = write_solution([23, 45, 17], "checked", False, random.Random(3), p_slip=0.0)
-    assert checked == ("<think>23+45=68, let me check: 23+40=63, 63+5=68, then 68+17=85, let me check: 68+10=78, "
-                       "78+7=85, so the answer is 85</think><answer>\\boxed{85}</answer>")  # no slip: confirming checks
+    assert checked == ("<think>23+45=68, let me check: 23+45=68, then 68+17=85, let me check: 68+17=85, "
+                       "so the answer is 85</think><answer>\\boxed{85}</answer>")  # no slip: confirming checks
     slipped = write_solution([23, 45, 17], "checked", False, random.Random(3), p_slip=1.0)
-    assert "wait" in slipped and slipped.count("wait") == 2  # every step slips, every check catches it
-    assert ", let me check: 68+10=78, 78+7=85, wait, 68+17=85, so the answer is 85" in slipped
+    assert slipped.count("wait") == 2  # every step slips once, every check disagrees
+    assert slipped.endswith(", wait, 68+17=85, so the answer is 85</think><answer>\\boxed{85}</answer>")
     with pytest.raises(ValueError, match="style"):
         write_solution([1, 2], "long", False, rng)
 

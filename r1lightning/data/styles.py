@@ -21,7 +21,12 @@ to choose between and a reason (the accuracy reward, nothing else) to prefer som
   right, and the accuracy reward can raise the rate of reflective words ("let me", "check",
   "wait") and the response length without rewarding either. (A check by another route, tens then
   units, was tried first: the model's decomposed sums were less reliable than its direct ones,
-  86% x 76% against 84%, so that check made solutions worse.)
+  86% x 76% against 84%, so that check made solutions worse.) Measured on the committed base, this
+  check does not pay either: checked samples are right in 37% of cases against 63% for worked ones.
+  The model learnt the surface of checking, not the comparison: its two computations of a step
+  disagree in 49% of steps (the data: 30%), the recomputation is right less often than the first
+  (71% vs 79%), and "wait" follows a disagreement in only 26 of 99 cases while 30 of its 56 "wait"s
+  follow agreeing values -- so RL removes the checks (README).
 * Language mixing, conditioned on the prompt as in R1 ("particularly when RL prompts involve
   multiple languages", §2.3): a share ``p_zh_prompt`` of prompts are worded in Chinese
   (``计算 23+45+17。``), and a share ``p_mixed`` of their worked and checked solutions say the

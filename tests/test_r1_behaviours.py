@@ -1,12 +1,11 @@
 """The R1-behaviours demo in short (configs/r1_behaviours.yaml): a real GRPO run from the committed
-styles base, whose logged scalars must move the way the full 120-step run's do (README table):
-held-out accuracy up, language mixing down under the language-consistency reward, and reflective words
-*down* -- in this world the base's re-checks are garbled (2% of re-checked samples are right against
-30% of plain worked ones), so the accuracy reward removes them; the callbacks must see that too.
-Response length is not asserted: the full run moved it by only +6%, within a short run's noise.
+styles base, whose logged scalars must move the way the full 60-step run's do (README table): held-out
+accuracy up, language mixing (prompted by the Chinese-worded prompts) down under the language-consistency
+reward, and reflective words *down* -- in this world the base's checked solutions are less often right
+than its plain worked ones (37% vs 63% of samples), so the accuracy reward removes the checks; the
+callbacks must see that too. Response length is not asserted: the full run moved it by -4%.
 
-Short means fewer steps and prompts per step; the directions, not the sizes, are asserted. About
-two and a half minutes on 2 CPU cores.
+Short means fewer steps and prompts per step; the directions, not the sizes, are asserted.
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ def run_scalars(tmp_path_factory):
 @pytest.mark.slow
 def test_behaviours_move_in_the_directions_of_the_full_run(run_scalars):
     df = run_scalars
-    # first vs last quarter of the logged steps (a tenth of 24 steps would be two noisy batches)
+    # first vs last quarter of the logged steps (a tenth of a short run would be two noisy batches)
     reflect = trend(df, "reflect/per_1k_tokens", fraction=0.25)
     mixing = trend(df, "lang/mixing_rate", fraction=0.25)
     accuracy = trend(df, "val/pass@1")

@@ -2,29 +2,44 @@
 
 The plain ``arithmetic`` task has one solution format, so a base model SFT-trained on it has
 nothing to change during RL but its accuracy: response length, reflective words and language
-mixing stay flat (DeepSeek-R1 §3.3 reports all three moving). This task keeps the same problems,
-prompts, answers and train/held-out split (``split_of`` of the same prompt text) and varies only
-how the *base's* SFT solutions are written, so that RL has styles to choose between and a reason
-(the accuracy reward, nothing else) to prefer some:
+mixing stay flat (DeepSeek-R1 §3.3 reports all three moving). This task keeps the same kind of
+problems and answers and varies how the *base's* SFT solutions are written, so that RL has styles
+to choose between and a reason (the accuracy reward, nothing else) to prefer some:
 
-* ``short``: the answer alone, ``<think>97</think>``: a 1M-parameter model cannot add four
-  two-digit numbers in one go, so this style is short and mostly wrong.
+* ``short``: the answer alone, ``<think>97</think>``: a 1M-parameter model cannot add three
+  two-digit numbers in one go, so this style is short and almost always wrong.
 * ``worked``: left-to-right partial sums joined by English connectives,
-  ``23+45=68, then 68+17=85, then 85+12=97, so the answer is 97``: longer, more often right.
-* ``checked``: a worked solution in which a step is re-checked by the easier decomposition
-  (tens, then units): ``68+17=85, let me check: 68+10=78, 78+7=85``. With probability ``p_slip``
-  the first result of a checked step is a typical slip (off by ten or by one) and the check
-  catches it: ``68+17=75, wait, let me check: 68+10=78, 78+7=85, so 68+17=85``. Checking is
-  longer still and, if the decomposition is easier for the model than the direct sum, more
-  often right: the reward can then raise the rate of reflective words ("wait", "let me",
-  "check") without ever rewarding a word.
-* Language: a share ``p_mixed`` of worked and checked solutions say their connectives in Chinese
-  (``然后`` "then", ``所以答案是`` "so the answer is"), chosen independently of correctness, so the
-  base mixes languages in its chains of thought and only a language-consistency reward has a
-  reason to remove it.
+  ``23+45=68, then 68+17=85, so the answer is 85``: longer, more often right.
+* ``checked``: a worked solution in which every step is computed a second time ("let me check")
+  and, where the two results disagree, a third time after "wait"; the last result is carried on:
+  ``68+17=85, let me check: 68+17=85``. With probability ``p_slip`` one of the first two results
+  (either, equally often) is a typical slip (off by ten or by one), so the data teaches the model to
+  compute the check afresh instead of copying the line above and to say "wait" only where the
+  two disagree: ``68+17=75, let me check: 68+17=85, wait, 68+17=85``. A 1M-parameter model
+  sampled at T = 1 slips on some steps (12% of direct sums in the measured base); a second
+  computation that disagrees catches many of those slips, so checked solutions can be more often
+  right, and the accuracy reward can raise the rate of reflective words ("let me", "check",
+  "wait") and the response length without rewarding either. (A check by another route, tens then
+  units, was tried first: the model's decomposed sums were less reliable than its direct ones,
+  86% x 76% against 84%, so that check made solutions worse.) Measured on the committed base, this
+  check does not pay either: checked samples are right in 37% of cases against 63% for worked ones.
+  The model learnt the surface of checking, not the comparison: its two computations of a step
+  disagree in 49% of steps (the data: 30%), the recomputation is right less often than the first
+  (71% vs 79%), and "wait" follows a disagreement in only 26 of 99 cases while 30 of its 56 "wait"s
+  follow agreeing values -- so RL removes the checks (README).
+* Language mixing, conditioned on the prompt as in R1 ("particularly when RL prompts involve
+  multiple languages", §2.3): a share ``p_zh_prompt`` of prompts are worded in Chinese
+  (``计算 23+45+17。``), and a share ``p_mixed`` of their worked and checked solutions say the
+  connectives in Chinese (``然后`` "then", ``所以答案是`` "so the answer is") while the rest of the
+  chain of thought stays English; English prompts never get a mixed solution (``p_mixed_en``).
+  Whether a solution mixes is drawn independently of its correctness, so only a
+  language-consistency reward (target English) has a reason to remove mixing; without it the
+  prompt keeps asking for it.
 
 The arithmetic inside every style is exact (a slip is always followed by its correction), every
-row's ``answer`` is the true sum, and the verifier is the same exact-match accuracy reward.
+row's ``answer`` is the true sum, and the verifier is the same exact-match accuracy reward. The
+train/held-out split is by the English wording of the problem (``split_key``), so the Chinese and
+English wordings of one sum are always in the same split.
 """
 
 from __future__ import annotations
@@ -37,14 +52,7 @@ __all__ = ["STYLES", "CONNECTIVES_ZH", "classify_style", "styled_arithmetic_prob
 
 STYLES = ("short", "worked", "checked")
 #: English connective -> the Chinese one a mixed chain of thought uses instead.
-CONNECTIVES_ZH = {"then": "然后", "so the answer is": "所以答案是", "so": "所以"}
-
-
-def _check(acc: int, x: int) -> str:
-    """The decomposed re-computation of ``acc + x``: tens first, then units (``68+10=78, 78+7=85``)."""
-    tens, units = x - x % 10, x % 10
-    mid = acc + tens
-    return f"{acc}+{tens}={mid}, {mid}+{units}={mid + units}" if units else f"{acc}+{tens}={mid}"
+CONNECTIVES_ZH = {"then": "然后", "so the answer is": "所以答案是"}
 
 
 def _slip(rng: random.Random, value: int) -> int:
@@ -52,13 +60,12 @@ def _slip(rng: random.Random, value: int) -> int:
     return value + rng.choice((-10, 10, -1, 1))
 
 
-def write_solution(nums: list[int], style: str, mixed: bool, rng: random.Random, p_slip: float = 0.5,
-                   max_checks: int = 1) -> str:
+def write_solution(nums: list[int], style: str, mixed: bool, rng: random.Random, p_slip: float = 0.3) -> str:
     """The completion (R1 format, answer boxed) for the sum of ``nums`` written in ``style``.
 
-    ``mixed``: connectives in Chinese (worked and checked styles only). ``checked`` re-checks
-    steps (each with probability 1/2, at least one, at most ``max_checks``: every digit is a token,
-    so a check costs ~25 tokens); a checked step's first result is a slip with probability ``p_slip``.
+    ``mixed``: connectives in Chinese (worked and checked styles only). ``checked`` computes every
+    step twice; with probability ``p_slip`` one of the two results is a slip, and a third, right
+    result after "wait" settles it.
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
@@ -69,47 +76,52 @@ def write_solution(nums: list[int], style: str, mixed: bool, rng: random.Random,
     def say(english: str) -> str:
         return CONNECTIVES_ZH[english] if mixed else english
 
-    n_steps = len(nums) - 1
-    checked: set[int] = set()
-    if style == "checked":
-        picks = [i for i in range(n_steps) if rng.random() < 0.5] or [rng.randrange(n_steps)]
-        checked = set(rng.sample(picks, min(len(picks), max_checks)))
     parts, acc = [], nums[0]
     for i, x in enumerate(nums[1:]):
         new = acc + x
-        if i not in checked:
+        if style == "worked":
             step = f"{acc}+{x}={new}"
         elif rng.random() < p_slip:
-            step = f"{acc}+{x}={_slip(rng, new)}, wait, let me check: {_check(acc, x)}, {say('so')} {acc}+{x}={new}"
+            first, second = (_slip(rng, new), new) if rng.random() < 0.5 else (new, _slip(rng, new))
+            step = f"{acc}+{x}={first}, let me check: {acc}+{x}={second}, wait, {acc}+{x}={new}"
         else:
-            step = f"{acc}+{x}={new}, let me check: {_check(acc, x)}"
+            step = f"{acc}+{x}={new}, let me check: {acc}+{x}={new}"
         parts.append(step if i == 0 else f"{say('then')} {step}")
         acc = new
     think = ", ".join(parts) + f", {say('so the answer is')} {answer}"
     return format_solution(think, str(answer))
 
 
-def styled_arithmetic_problem(rng: random.Random, min_terms: int = 3, max_terms: int = 3, p_short: float = 0.45,
-                              p_checked: float = 0.15, p_mixed: float = 0.3, p_slip: float = 0.5) -> dict:
-    """One ``arithmetic`` problem (same prompt and answer) with a solution in a randomly drawn style.
+def styled_arithmetic_problem(rng: random.Random, min_terms: int = 3, max_terms: int = 3, p_short: float = 0.35,
+                              p_checked: float = 0.2, p_zh_prompt: float = 0.3, p_mixed: float = 0.8,
+                              p_mixed_en: float = 0.0, p_slip: float = 0.3) -> dict:
+    """One sum of two-digit numbers, its prompt in English or Chinese, with a solution in a randomly drawn style.
 
     ``p_short`` and ``p_checked`` are the shares of the short and checked styles (the rest is
-    worked); ``p_mixed`` is the share of worked and checked solutions with Chinese connectives.
+    worked); ``p_zh_prompt`` the share of prompts worded in Chinese; ``p_mixed`` (``p_mixed_en``)
+    the share of worked and checked solutions to Chinese (English) prompts whose connectives are
+    Chinese.
     """
-    if not (0 <= p_short and 0 <= p_checked and p_short + p_checked <= 1 and 0 <= p_mixed <= 1 and 0 <= p_slip <= 1):
+    shares = (p_short, p_checked, p_zh_prompt, p_mixed, p_mixed_en, p_slip)
+    if not (all(0 <= p <= 1 for p in shares) and p_short + p_checked <= 1):
         raise ValueError(f"style shares must be probabilities with p_short + p_checked <= 1, got p_short={p_short}, "
-                         f"p_checked={p_checked}, p_mixed={p_mixed}, p_slip={p_slip}")
+                         f"p_checked={p_checked}, p_zh_prompt={p_zh_prompt}, p_mixed={p_mixed}, "
+                         f"p_mixed_en={p_mixed_en}, p_slip={p_slip}")
     n = rng.randint(min_terms, max_terms)
     nums = [rng.randint(10, 99) for _ in range(n)]
+    expr = "+".join(map(str, nums))
     u = rng.random()
     style = "short" if u < p_short else "checked" if u < p_short + p_checked else "worked"
-    mixed = style != "short" and rng.random() < p_mixed
+    zh_prompt = rng.random() < p_zh_prompt
+    mixed = style != "short" and rng.random() < (p_mixed if zh_prompt else p_mixed_en)
     return {
-        "prompt": f"Compute {'+'.join(map(str, nums))}.",
+        "prompt": f"计算 {expr}。" if zh_prompt else f"Compute {expr}.",
+        "split_key": f"Compute {expr}.",
         "answer": str(sum(nums)),
         "completion": write_solution(nums, style, mixed, rng, p_slip=p_slip),
         "task": "arithmetic_styles",
         "style": style,
+        "zh_prompt": zh_prompt,
         "mixed": mixed,
     }
 

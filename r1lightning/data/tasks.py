@@ -178,7 +178,9 @@ def generate(task: str, n: int, split: str = "train", seed: int = 0, **kwargs) -
         if attempts > 200 * n + 10_000:
             raise RuntimeError(f"could not generate {n} distinct {task} problems for split {split!r}")
         row = tasks[task](rng, **opts)
-        if row["prompt"] in seen or split_of(row["prompt"]) != split:
+        # a task may key the split on something other than the prompt's text (arithmetic_styles: the English
+        # wording, so both wordings of one problem fall in the same split)
+        if row["prompt"] in seen or split_of(row.get("split_key", row["prompt"])) != split:
             continue
         seen.add(row["prompt"])
         row["id"] = f"{task}-{split}-{seed}-{len(rows)}"

@@ -1,5 +1,6 @@
 """Arithmetic in several reasoning styles (the R1-behaviours world): every solution is right, slips are
-always caught, styles and language mixing come in the configured shares and are recognisable."""
+always caught after the check, styles and language mixing come in the configured shares (mixing only
+for Chinese-worded prompts) and are recognisable, and both wordings of a problem share its split."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import statistics
 import pytest
 
 from r1lightning.callbacks.reflection import DEFAULT_REFLECTIVE_WORDS, ReflectiveWordCounter
-from r1lightning.data.styles import _check, classify_style, styled_arithmetic_problem, write_solution
+from r1lightning.data.styles import classify_style, styled_arithmetic_problem, write_solution
 from r1lightning.data.tasks import generate, split_of
 from r1lightning.rewards import accuracy_reward, extract_think
 from r1lightning.rewards.language import target_language_fraction
@@ -23,32 +24,46 @@ def rows():
     return generate("arithmetic_styles", n=3000, split="train", seed=0)
 
 
+def nums_of(row):
+    return [int(x) for x in row["split_key"][len("Compute "):-1].split("+")]
+
+
 def test_every_solution_is_right_and_every_slip_is_caught(rows):
     assert accuracy_reward([r["completion"] for r in rows], answer=[r["answer"] for r in rows]) == [1.0] * len(rows)
     slips = 0
     for r in rows:
-        nums = [int(x) for x in r["prompt"][len("Compute "):-1].split("+")]
+        nums = nums_of(r)
         assert r["answer"] == str(sum(nums))
+        expr = "+".join(map(str, nums))
+        assert r["prompt"] == (f"计算 {expr}。" if r["zh_prompt"] else f"Compute {expr}.")
         think = extract_think(r["completion"])
         for m in SUM.finditer(think):
             a, b, c = map(int, m.groups())
-            if a + b != c:  # a slip: the very next words are the re-check, which ends in the right sum
+            if a + b != c:  # a slip, in the first or the second computation; "wait", then the right sum
                 slips += 1
                 after = think[m.end():]
-                assert after.startswith(", wait, let me check: ")
-                assert re.match(rf", wait, let me check: [^,]+(, [^,]+)?, (so|所以) {a}\+{b}={a + b}", after)
+                assert re.match(rf"(, let me check: {a}\+{b}={a + b})?, wait, {a}\+{b}={a + b}(,|$)", after), after
                 assert abs(c - (a + b)) in (1, 10)
-    assert slips > 100  # p_slip 0.5 of ~450 checked solutions
+        # every step of a checked solution is checked, and the value carried on is the checked one
+        if r["style"] == "checked":
+            assert think.count("let me check") == len(nums) - 1
+    assert slips > 200  # p_slip 0.3 of 2 steps of ~600 checked solutions
+    # a step is checked by computing it again; "wait" comes exactly where the two computations disagree
+    for r in rows:
+        for m in re.finditer(r"(\d+\+\d+)=(\d+), let me check: \1=(\d+)(, wait)?", extract_think(r["completion"])):
+            assert (m.group(2) != m.group(3)) == bool(m.group(4)), m.group(0)
 
 
 def test_style_and_language_shares(rows):
     styles = [r["style"] for r in rows]
     share = {s: styles.count(s) / len(rows) for s in ("short", "worked", "checked")}
-    assert share["short"] == pytest.approx(0.45, abs=0.03)  # defaults: p_short 0.45, p_checked 0.15
-    assert share["checked"] == pytest.approx(0.15, abs=0.02)
-    long_rows = [r for r in rows if r["style"] != "short"]
-    assert statistics.mean(r["mixed"] for r in long_rows) == pytest.approx(0.3, abs=0.03)
-    assert not any(r["mixed"] for r in rows if r["style"] == "short")
+    assert share["short"] == pytest.approx(0.35, abs=0.03)  # defaults: p_short 0.35, p_checked 0.2
+    assert share["checked"] == pytest.approx(0.2, abs=0.02)
+    assert statistics.mean(r["zh_prompt"] for r in rows) == pytest.approx(0.3, abs=0.03)
+    long_zh = [r for r in rows if r["style"] != "short" and r["zh_prompt"]]
+    assert statistics.mean(r["mixed"] for r in long_zh) == pytest.approx(0.8, abs=0.04)
+    # mixing comes only with a Chinese-worded prompt, never in an answer-only solution
+    assert not any(r["mixed"] for r in rows if r["style"] == "short" or not r["zh_prompt"])
 
 
 def test_styles_are_recognisable_and_measured_as_intended(rows):
@@ -62,32 +77,33 @@ def test_styles_are_recognisable_and_measured_as_intended(rows):
         assert (reflective > 0) == (r["style"] == "checked")
 
 
-def test_check_decomposes_tens_then_units():
-    assert _check(68, 17) == "68+10=78, 78+7=85"
-    assert _check(68, 20) == "68+20=88"  # no units: one step
-
-
 def test_hand_written_solutions():
     rng = random.Random(0)
     assert write_solution([23, 45, 17], "short", False, rng) == "<think>85</think><answer>\\boxed{85}</answer>"
     assert write_solution([23, 45, 17], "worked", True, rng) == (
         "<think>23+45=68, 然后 68+17=85, 所以答案是 85</think><answer>\\boxed{85}</answer>")
     checked = write_solution([23, 45, 17], "checked", False, random.Random(3), p_slip=0.0)
-    assert "let me check" in checked and "wait" not in checked  # no slip: a confirming check
+    assert checked == ("<think>23+45=68, let me check: 23+45=68, then 68+17=85, let me check: 68+17=85, "
+                       "so the answer is 85</think><answer>\\boxed{85}</answer>")  # no slip: confirming checks
     slipped = write_solution([23, 45, 17], "checked", False, random.Random(3), p_slip=1.0)
-    assert "wait, let me check" in slipped
+    assert slipped.count("wait") == 2  # every step slips once, every check disagrees
+    assert slipped.endswith(", wait, 68+17=85, so the answer is 85</think><answer>\\boxed{85}</answer>")
     with pytest.raises(ValueError, match="style"):
         write_solution([1, 2], "long", False, rng)
 
 
-def test_same_problems_and_split_as_arithmetic():
+def test_split_is_by_the_problem_in_either_wording():
     test_rows = generate("arithmetic_styles", n=200, split="test", seed=1)
-    assert all(split_of(r["prompt"]) == "test" for r in test_rows)
-    train_prompts = {r["prompt"] for r in generate("arithmetic_styles", n=3000, split="train", seed=1)}
-    assert train_prompts.isdisjoint(r["prompt"] for r in test_rows)
+    assert all(split_of(r["split_key"]) == "test" for r in test_rows)
+    assert any(r["zh_prompt"] for r in test_rows) and not all(r["zh_prompt"] for r in test_rows)
+    train = generate("arithmetic_styles", n=3000, split="train", seed=1)
+    # no held-out sum is trained on in either wording (a Chinese prompt's own hash would split it independently)
+    assert {tuple(nums_of(r)) for r in train}.isdisjoint(tuple(nums_of(r)) for r in test_rows)
+    assert not any(split_of(r["split_key"]) == "test" for r in train)
 
 
-@pytest.mark.parametrize("kwargs", [{"p_short": 0.9, "p_checked": 0.2}, {"p_mixed": 1.5}, {"p_slip": -0.1}])
+@pytest.mark.parametrize("kwargs", [{"p_short": 0.9, "p_checked": 0.2}, {"p_mixed": 1.5}, {"p_slip": -0.1},
+                                    {"p_zh_prompt": 2.0}, {"p_mixed_en": -1.0}])
 def test_bad_shares_raise(kwargs):
     with pytest.raises(ValueError, match="probabilities"):
         styled_arithmetic_problem(random.Random(0), **kwargs)

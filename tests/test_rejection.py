@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from r1lightning.data.general_tasks import NO_THINKING, long_cot
+from r1lightning.data.general_tasks import GENERAL_TASKS, NO_THINKING, long_cot
 from r1lightning.data.sources import load_rows
-from r1lightning.data.tasks import generate, split_of
+from r1lightning.data.tasks import _arithmetic_problem, generate, split_of
 from r1lightning.rejection import REASONS, RejectionFilters, failed_checks, filter_samples, summarize
 from r1lightning.rewards import accuracy_reward, exact_match_reward, is_well_formatted, target_language_fraction
 from r1lightning.rewards.parsing import extract_think
@@ -121,12 +121,19 @@ def test_bad_filter_settings_are_refused(bad, match):
 
 
 # ---------------------------------------------------------------------------------------------- tiny world
-def test_long_cot_adds_left_to_right_and_checks_by_subtracting_back():
+def test_long_cot_wraps_the_base_models_running_sums_in_sentences():
     think, answer = long_cot([23, 45, 17], ["+", "+"])
-    assert think == "Add left to right. 23+45=68. 68+17=85. Check by subtracting: 85-17=68, 68-45=23. Correct."
+    # the running sums exactly as the tiny base writes them (tasks.format_solution: "23+45=68, 68+17=85")
+    assert think == "Add left to right, keeping a running total: 23+45=68, 68+17=85. So the total is 85."
     assert answer == "The result is \\boxed{85}."
-    think, _ = long_cot([50, 20, 5], ["-", "+"])
-    assert think == "Add left to right. 50-20=30. 30+5=35. Check by subtracting: 35-5=30, 30+20=50. Correct."
+    think, answer = long_cot([50, 20, 5], ["-", "+"])
+    assert think == "Add left to right, keeping a running total: 50-20=30, 30+5=35. So the total is 35."
+    assert answer == "The result is \\boxed{35}."
+    # the same draw in the base's short format and as a readable CoT
+    short = _arithmetic_problem(random.Random(7), 4, 4, False)
+    row = GENERAL_TASKS["arithmetic_cot"](random.Random(7), 4, 4)
+    assert row["prompt"] == short["prompt"] and row["answer"] == short["answer"]
+    assert extract_think(short["completion"]) + "." in row["completion"]
 
 
 @pytest.mark.parametrize("task,reward", [("arithmetic_cot", accuracy_reward), ("general", exact_match_reward),
@@ -150,7 +157,7 @@ def test_general_answers_are_computed_not_copied():
     assert rows["reverse"]["answer"] == word[::-1]
     assert rows["uppercase"]["answer"] == rows["uppercase"]["prompt"].split()[1].upper()
     x, src = rows["convert"]["prompt"].split()[1:3]
-    factor = {"km": 1000, "m": 100, "kg": 1000, "h": 60, "min": 60, "day": 24}[src]
+    factor = {"km": 1000, "m": 100, "kg": 1000, "cm": 10, "t": 1000, "dm": 10}[src]
     assert rows["convert"]["answer"] == str(int(x) * factor)
     assert rows["copy"]["completion"] == f"<think>{NO_THINKING}</think><answer>\\boxed{{{rows['copy']['answer']}}}</answer>"
 

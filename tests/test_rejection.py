@@ -234,3 +234,40 @@ def test_predict_on_two_ranks_samples_every_prompt_once_and_rank0_merges(tmp_pat
     _, summary = check_outputs(tmp_path / "rs2", 15, 4)
     assert summary["world_size"] == 2
     assert not list((tmp_path / "rs2").glob("*.rank*.jsonl"))  # the parts were merged and removed
+
+
+# ---------------------------------------------------------------------------------------------- cold-start data
+@pytest.mark.parametrize("sample,expected", [
+    # a right worked solution: the same numbers in sentences
+    ("<think>23+45=68, 68+17=85</think><answer>\\boxed{85}</answer>",
+     "<think>Add left to right, keeping a running total: 23+45=68, 68+17=85. So the total is 85.</think>"
+     "<answer>The result is \\boxed{85}.</answer>"),
+    # a wrong one keeps its own (wrong) sums: the cold start teaches the format, not the skill
+    ("<think>23+45=68, 68+17=84</think><answer>\\boxed{84}</answer>",
+     "<think>Add left to right, keeping a running total: 23+45=68, 68+17=84. So the total is 84.</think>"
+     "<answer>The result is \\boxed{84}.</answer>"),
+    # a step that does not start from the previous result is not a running total: dropped
+    ("<think>23+45=68, 69+17=86</think><answer>\\boxed{86}</answer>", None),
+    # a boxed answer other than the last sum: dropped
+    ("<think>23+45=68, 68+17=85</think><answer>\\boxed{86}</answer>", None),
+    # not the worked format at all
+    ("<think>85</think><answer>\\boxed{85}</answer>", None),
+    ("garbage \\boxed{85}", None),
+    ("", None),
+])
+def test_cold_start_rewrite_keeps_the_base_models_numbers(sample, expected):
+    from r1lightning.data.cold_start import rewrite_readable
+
+    assert rewrite_readable(sample) == expected
+
+
+def test_the_shipped_cold_start_file_is_the_rewritten_base_samples():
+    from r1lightning.data.cold_start import rewrite_readable
+
+    rows = load_rows(str(ROOT / "r1lightning/assets/cold_start/tiny_base_rewritten.jsonl"))
+    assert len(rows) == 3672
+    assert all(rewrite_readable(r["base_sample"]) == r["completion"] for r in rows)
+    assert all(split_of(r["prompt"]) == "train" for r in rows)
+    graded = accuracy_reward([r["completion"] for r in rows], answer=[r["answer"] for r in rows], workers=0)
+    assert [g > 0.5 for g in graded] == [r["correct"] for r in rows]
+    assert sum(r["correct"] for r in rows) == 800  # wrong samples are kept on purpose

@@ -166,7 +166,7 @@ def test_a_list_of_sources_is_their_concatenation(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text(json.dumps({"prompt": "q", "completion": "c", "answer": "1"}) + "\n")
     rows = load_rows([str(path), "synthetic:general?n=3&split=train"])
-    assert len(rows) == 4 and rows[0]["prompt"] == "q" and rows[1]["kind"] == "general"
+    assert len(rows) == 4 and rows[0]["prompt"] == "q" and rows[1]["category"] == "general"
     with pytest.raises(ValueError, match="empty list"):
         load_rows([])
 

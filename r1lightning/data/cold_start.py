@@ -89,7 +89,7 @@ def make_cold_start_data(model: str, n: int, seed: int, temperature: float = 1.0
                 continue
             correct = accuracy_reward([readable], answer=[r["answer"]], workers=0)[0] > 0.5
             out.append({"prompt": r["prompt"], "answer": r["answer"], "completion": readable, "task": "arithmetic_cot",
-                        "kind": "reasoning", "id": r["id"], "source_model": str(model), "base_sample": sample,
+                        "category": "reasoning", "id": r["id"], "source_model": str(model), "base_sample": sample,
                         "correct": correct})
     return out
 

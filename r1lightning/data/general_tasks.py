@@ -22,7 +22,9 @@ versions, all with exact verifiers (``exact_match`` for the general tasks, ``acc
   ``convert`` ("Convert 3 km to m." -> ``3000``; factors are powers of ten, so the answer appends zeros: a
   1M-parameter model learns that, not multiplication by 60); ``general`` draws one of the four per row.
 
-Rows carry ``prompt``, ``answer``, ``completion``, ``task`` and ``kind`` (``reasoning`` / ``general``); the
+Rows carry ``prompt``, ``answer``, ``completion``, ``task`` and ``category`` (``reasoning`` / ``general``, as
+``mixed_prompts`` rows do; not ``kind``: data columns reach the rewards as keyword arguments, and a ``kind``
+column replaced the ``reward_model`` reward's ``kind`` option, so it scored no row of the 4b mix); the
 train/test split is the same prompt hash as every synthetic task (:func:`r1lightning.data.tasks.split_of`).
 """
 
@@ -52,7 +54,7 @@ def _word(rng: random.Random, min_len: int, max_len: int) -> str:
 
 def _general_row(prompt: str, answer: str, task: str) -> dict:
     return {"prompt": prompt, "answer": answer, "completion": general_solution(answer), "task": task,
-            "kind": "general"}
+            "category": "general"}
 
 
 def _copy_problem(rng: random.Random, min_len: int = 3, max_len: int = 6) -> dict:
@@ -111,7 +113,7 @@ def _arithmetic_cot_problem(rng: random.Random, min_terms: int = 3, max_terms: i
     terms.append(int(cur))
     think, answer = long_cot(terms, ops)
     return {**row, "completion": f"<think>{think}</think><answer>{answer}</answer>", "task": "arithmetic_cot",
-            "kind": "reasoning"}
+            "category": "reasoning"}
 
 
 GENERAL_TASKS = {"arithmetic_cot": _arithmetic_cot_problem, "general": _general_problem, **_GENERAL}

@@ -236,7 +236,7 @@ def test_a_dotted_reward_key_sets_that_entry_and_keeps_the_rest(capsys, monkeypa
                         "--model.init_args.rewards.language_consistency.language", "zh"], capsys, monkeypatch)
     rewards = cfg["model"]["init_args"]["rewards"]
     # jsonargparse alone turned the first key into rewards = ['reward_model.path', '/tmp/rm'], dropping the mapping
-    assert rewards == {"accuracy": 1.0, "format": 0.5,
+    assert rewards == {"exact_match": 1.0, "format": 0.5,
                        "language_consistency": {"weight": 0.1, "language": "zh"},
                        "reward_model": {"path": "/tmp/rm", "weight": 1.0, "normalize": "sigmoid", "batch_size": 64}}
 

@@ -13,6 +13,9 @@ What R1CLI adds to LightningCLI, all so that a run survives a shared cluster (RE
 - ``--ckpt_path`` without a fixed logger version: the run logs into the checkpoint's TensorBoard/CSV version
   folder (recorded in the checkpoint), so the resumed curve continues the interrupted one;
 - a fixed logger version whose folder already holds files is refused, unless resuming from that run;
+- a dotted key below the free-form ``rewards`` mapping (``--model.init_args.rewards.reward_model.path X``) sets
+  that one entry of the mapping the config gives (:func:`merge_reward_overrides`); jsonargparse alone would
+  silently replace the whole mapping by ``['reward_model.path', 'X']``;
 - callbacks added to every run that does not list them: :class:`r1lightning.preemption.Preemption`
   (SIGTERM/SIGUSR1 -> checkpoint + exit 143/138), :class:`r1lightning.resume.RunRecord`,
   :class:`r1lightning.resume.OptimizerFromHparams`.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -55,6 +59,55 @@ def checkpoint_file(path: Any) -> Optional[Path]:
     return None
 
 
+# --model.init_args.rewards.<key>[.<key>...] [=]VALUE (also --model.rewards.<...>): one entry of the rewards mapping
+_REWARD_KEY = re.compile(r"^--model\.(?:init_args\.)?rewards\.([A-Za-z0-9_][A-Za-z0-9_.]*)(?:=(.*))?$", re.S)
+
+
+def split_reward_overrides(args: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """``args`` without the dotted reward keys, and those keys as ``(path below rewards, raw value)`` in order."""
+    rest, overrides, i = [], [], 0
+    while i < len(args):
+        m = _REWARD_KEY.match(args[i]) if isinstance(args[i], str) else None
+        if m is None:
+            rest.append(args[i])
+            i += 1
+            continue
+        if m.group(2) is not None:
+            value, i = m.group(2), i + 1
+        elif i + 1 < len(args) and not str(args[i + 1]).startswith("--"):  # a value starting with -- needs KEY=VALUE
+            value, i = args[i + 1], i + 2
+        else:
+            raise ValueError(f"{args[i]} expects a value")
+        overrides.append((m.group(1), value))
+    return rest, overrides
+
+
+def merge_reward_overrides(rewards: Any, overrides: list[tuple[str, str]]) -> dict:
+    """A copy of the ``rewards`` mapping with each ``(dotted path, YAML value)`` set in it (missing mappings on the
+    path are created; an existing entry that is not a mapping is refused rather than silently replaced)."""
+    if not isinstance(rewards, dict):
+        raise ValueError(f"--model.init_args.rewards.{overrides[0][0]}: the config's rewards is {rewards!r}, not a "
+                         "mapping to set an entry of; give the whole mapping instead, e.g. --model.init_args.rewards "
+                         "'{accuracy: 1.0, format: 1.0}'")
+    merged = copy.deepcopy(rewards)
+    for path, raw in overrides:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+        parts = path.split(".")
+        if not all(parts):
+            raise ValueError(f"--model.init_args.rewards.{path}: empty key in the dotted path")
+        node = merged
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ValueError(f"--model.init_args.rewards.{path}: rewards.{where} is {child!r}, not a mapping; "
+                                 f"write it as one (e.g. --model.init_args.rewards.{where} '{{weight: {child!r}}}') "
+                                 "or give the whole rewards mapping")
+            node = child
+        node[parts[-1]] = value
+    return merged
+
+
 def _version_dir(save_dir: str, name: Optional[str], version: Any) -> Path:
     sub = version if isinstance(version, str) else f"version_{version}"
     return Path(save_dir, name, sub) if name else Path(save_dir, sub)
@@ -65,6 +118,39 @@ class R1CLI(LightningCLI):
 
     ckpt_run: Optional[dict] = None  # the checkpoint's RunRecord entry
     resume_applied: dict = {}  # {model key: (checkpoint value, applied value)}
+
+    # ---------------------------------------------------------------- dotted keys below `rewards`
+    def parse_arguments(self, parser, args) -> None:
+        """LightningCLI's parsing, with dotted keys below ``model.init_args.rewards`` merged into the mapping the
+        rest of the command line (configs included) gives, then passed on as the whole mapping (so
+        ``--print_config`` and the saved config show the result)."""
+        if isinstance(args, dict) or (args is not None and not isinstance(args, (list, tuple))):
+            return super().parse_arguments(parser, args)
+        argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        if any(a in ("-h", "--help") for a in argv):
+            return super().parse_arguments(parser, args)
+        try:
+            rest, overrides = split_reward_overrides(argv)
+        except ValueError as e:
+            parser.error(str(e))
+        if not overrides:
+            return super().parse_arguments(parser, args)
+        # the mapping the command line gives without the dotted keys (no --print_config: it would print and exit)
+        probe = parser.parse_args([a for a in rest if not a.startswith("--print_config")])
+        sub = probe.get("subcommand")
+        model = (probe[sub] if sub else probe).get("model")
+        init = model.get("init_args") if model is not None and "init_args" in model else model
+        if init is None or "rewards" not in init:
+            name = model.get("class_path") if model is not None and "class_path" in model else "this model"
+            parser.error(f"--model.init_args.rewards.{overrides[0][0]}: {name} takes no rewards argument")
+        current = init["rewards"]
+        current = current.as_dict() if hasattr(current, "as_dict") else current
+        try:
+            merged = merge_reward_overrides(current, overrides)
+        except ValueError as e:
+            parser.error(str(e))
+        self.config = parser.parse_args([*rest, "--model.init_args.rewards", yaml.safe_dump(merged,
+                                                                                           default_flow_style=True)])
 
     # ---------------------------------------------------------------- --ckpt_path and the model arguments
     def _model_dump(self, sub: str) -> dict:

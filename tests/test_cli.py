@@ -7,6 +7,7 @@ a fresh interpreter that imports torch); only ``--help`` runs as a real ``python
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -221,3 +222,49 @@ def test_optimizer_takes_the_hparams_after_restore():
     assert sched.base_lrs == [5e-5, 5e-5]
     assert opt.param_groups[0]["betas"] == (0.9, 0.99)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]  # only the >= 2-d weights decay
+
+
+# ---------------------------------------------------------------------------------------------
+# dotted keys below the free-form rewards mapping
+
+RL_ALL = ROOT / "configs" / "recipe" / "tiny" / "4b_rl_all.yaml"
+
+
+def test_a_dotted_reward_key_sets_that_entry_and_keeps_the_rest(capsys, monkeypatch):
+    cfg = print_config(["fit", "--config", str(RL_ALL), "--model.init_args.rewards.reward_model.path", "/tmp/rm",
+                        "--model.init_args.rewards.format=0.5",
+                        "--model.init_args.rewards.language_consistency.language", "zh"], capsys, monkeypatch)
+    rewards = cfg["model"]["init_args"]["rewards"]
+    # jsonargparse alone turned the first key into rewards = ['reward_model.path', '/tmp/rm'], dropping the mapping
+    assert rewards == {"exact_match": 1.0, "format": 0.5,
+                       "language_consistency": {"weight": 0.1, "language": "zh"},
+                       "reward_model": {"path": "/tmp/rm", "weight": 1.0, "normalize": "sigmoid", "batch_size": 64}}
+
+
+def test_a_dotted_reward_key_applies_after_a_whole_mapping(capsys, monkeypatch):
+    cfg = print_config(["fit", "--config", str(RL_ALL), "--model.init_args.rewards.accuracy", "2.0",
+                        "--model.init_args.rewards", "{accuracy: 1.0, format: 1.0}"], capsys, monkeypatch)
+    assert cfg["model"]["init_args"]["rewards"] == {"accuracy": 2.0, "format": 1.0}
+
+
+@pytest.mark.parametrize("args,message", [
+    # format is a bare weight: setting a key inside it would silently drop the weight
+    (["--model.init_args.rewards.format.weight", "2"], r"rewards\.format is 1\.0, not a mapping"),
+    (["--model.init_args.rewards.reward_model.path"], r"expects a value"),
+], ids=["entry-not-a-mapping", "no-value"])
+def test_a_dotted_reward_key_that_cannot_apply_fails_clearly(args, message, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["r1lightning"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(RL_ALL), *args, "--print_config"])
+    assert exit_info.value.code != 0
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_dotted_reward_key_on_a_module_without_rewards_fails_clearly(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["r1lightning"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(BASE), "--model.init_args.rewards.accuracy", "1.0", "--print_config"])
+    assert exit_info.value.code != 0
+    assert "r1lightning.modules.SFTModule takes no rewards argument" in capsys.readouterr().err

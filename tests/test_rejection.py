@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from r1lightning.data.general_tasks import NO_THINKING, long_cot
+from r1lightning.data.general_tasks import GENERAL_TASKS, NO_THINKING, long_cot
 from r1lightning.data.sources import load_rows
-from r1lightning.data.tasks import generate, split_of
+from r1lightning.data.tasks import _arithmetic_problem, generate, split_of
 from r1lightning.rejection import REASONS, RejectionFilters, failed_checks, filter_samples, summarize
 from r1lightning.rewards import accuracy_reward, exact_match_reward, is_well_formatted, target_language_fraction
 from r1lightning.rewards.parsing import extract_think
@@ -121,12 +121,19 @@ def test_bad_filter_settings_are_refused(bad, match):
 
 
 # ---------------------------------------------------------------------------------------------- tiny world
-def test_long_cot_adds_left_to_right_and_checks_by_subtracting_back():
+def test_long_cot_wraps_the_base_models_running_sums_in_sentences():
     think, answer = long_cot([23, 45, 17], ["+", "+"])
-    assert think == "Add left to right. 23+45=68. 68+17=85. Check by subtracting: 85-17=68, 68-45=23. Correct."
+    # the running sums exactly as the tiny base writes them (tasks.format_solution: "23+45=68, 68+17=85")
+    assert think == "Add left to right, keeping a running total: 23+45=68, 68+17=85. So the total is 85."
     assert answer == "The result is \\boxed{85}."
-    think, _ = long_cot([50, 20, 5], ["-", "+"])
-    assert think == "Add left to right. 50-20=30. 30+5=35. Check by subtracting: 35-5=30, 30+20=50. Correct."
+    think, answer = long_cot([50, 20, 5], ["-", "+"])
+    assert think == "Add left to right, keeping a running total: 50-20=30, 30+5=35. So the total is 35."
+    assert answer == "The result is \\boxed{35}."
+    # the same draw in the base's short format and as a readable CoT
+    short = _arithmetic_problem(random.Random(7), 4, 4, False)
+    row = GENERAL_TASKS["arithmetic_cot"](random.Random(7), 4, 4)
+    assert row["prompt"] == short["prompt"] and row["answer"] == short["answer"]
+    assert extract_think(short["completion"]) + "." in row["completion"]
 
 
 @pytest.mark.parametrize("task,reward", [("arithmetic_cot", accuracy_reward), ("general", exact_match_reward),
@@ -150,7 +157,7 @@ def test_general_answers_are_computed_not_copied():
     assert rows["reverse"]["answer"] == word[::-1]
     assert rows["uppercase"]["answer"] == rows["uppercase"]["prompt"].split()[1].upper()
     x, src = rows["convert"]["prompt"].split()[1:3]
-    factor = {"km": 1000, "m": 100, "kg": 1000, "h": 60, "min": 60, "day": 24}[src]
+    factor = {"km": 1000, "m": 100, "kg": 1000, "cm": 10, "t": 1000, "dm": 10}[src]
     assert rows["convert"]["answer"] == str(int(x) * factor)
     assert rows["copy"]["completion"] == f"<think>{NO_THINKING}</think><answer>\\boxed{{{rows['copy']['answer']}}}</answer>"
 
@@ -159,7 +166,7 @@ def test_a_list_of_sources_is_their_concatenation(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text(json.dumps({"prompt": "q", "completion": "c", "answer": "1"}) + "\n")
     rows = load_rows([str(path), "synthetic:general?n=3&split=train"])
-    assert len(rows) == 4 and rows[0]["prompt"] == "q" and rows[1]["kind"] == "general"
+    assert len(rows) == 4 and rows[0]["prompt"] == "q" and rows[1]["category"] == "general"
     with pytest.raises(ValueError, match="empty list"):
         load_rows([])
 
@@ -227,3 +234,40 @@ def test_predict_on_two_ranks_samples_every_prompt_once_and_rank0_merges(tmp_pat
     _, summary = check_outputs(tmp_path / "rs2", 15, 4)
     assert summary["world_size"] == 2
     assert not list((tmp_path / "rs2").glob("*.rank*.jsonl"))  # the parts were merged and removed
+
+
+# ---------------------------------------------------------------------------------------------- cold-start data
+@pytest.mark.parametrize("sample,expected", [
+    # a right worked solution: the same numbers in sentences
+    ("<think>23+45=68, 68+17=85</think><answer>\\boxed{85}</answer>",
+     "<think>Add left to right, keeping a running total: 23+45=68, 68+17=85. So the total is 85.</think>"
+     "<answer>The result is \\boxed{85}.</answer>"),
+    # a wrong one keeps its own (wrong) sums: the cold start teaches the format, not the skill
+    ("<think>23+45=68, 68+17=84</think><answer>\\boxed{84}</answer>",
+     "<think>Add left to right, keeping a running total: 23+45=68, 68+17=84. So the total is 84.</think>"
+     "<answer>The result is \\boxed{84}.</answer>"),
+    # a step that does not start from the previous result is not a running total: dropped
+    ("<think>23+45=68, 69+17=86</think><answer>\\boxed{86}</answer>", None),
+    # a boxed answer other than the last sum: dropped
+    ("<think>23+45=68, 68+17=85</think><answer>\\boxed{86}</answer>", None),
+    # not the worked format at all
+    ("<think>85</think><answer>\\boxed{85}</answer>", None),
+    ("garbage \\boxed{85}", None),
+    ("", None),
+])
+def test_cold_start_rewrite_keeps_the_base_models_numbers(sample, expected):
+    from r1lightning.data.cold_start import rewrite_readable
+
+    assert rewrite_readable(sample) == expected
+
+
+def test_the_shipped_cold_start_file_is_the_rewritten_base_samples():
+    from r1lightning.data.cold_start import rewrite_readable
+
+    rows = load_rows(str(ROOT / "r1lightning/assets/cold_start/tiny_base_rewritten.jsonl"))
+    assert len(rows) == 3672
+    assert all(rewrite_readable(r["base_sample"]) == r["completion"] for r in rows)
+    assert all(split_of(r["prompt"]) == "train" for r in rows)
+    graded = accuracy_reward([r["completion"] for r in rows], answer=[r["answer"] for r in rows], workers=0)
+    assert [g > 0.5 for g in graded] == [r["correct"] for r in rows]
+    assert sum(r["correct"] for r in rows) == 800  # wrong samples are kept on purpose

@@ -230,6 +230,26 @@ def test_weighted_reward_mixes_rule_and_model_rewards(tiny_rm):
     assert not reward.failures
 
 
+def test_the_4b_mix_with_general_tasks_scores_every_reward_model_row(tiny_rm):
+    """4b's prompts: mixed_prompts plus the general tasks. Data columns reach the rewards as keyword arguments; the
+    general-task rows once carried a `kind` column, which replaced the reward_model reward's `kind` option and
+    made it score no row at all (reward_model/mean 0.0 in 18 of 20 steps of the chain's 4b)."""
+    from r1lightning.data.sources import load_rows
+
+    _, path = tiny_rm
+    rows = load_rows(["synthetic:mixed_prompts?n=12&split=train&seed=0&general_fraction=0.5",
+                      "synthetic:general?n=6&split=train&seed=2"])
+    keys = sorted(set().union(*rows))
+    columns = {k: [r.get(k) for r in rows] for k in keys if k != "completion"}  # as PromptDataModule collates
+    reward = WeightedReward({"exact_match": 1.0, "reward_model": {"path": str(path), "weight": 1.0}})
+    completions = ["<think>Direct answer.</think><answer>\\boxed{x}</answer>"] * len(rows)
+    _, per_fn = reward(completions, **columns)
+    model_rows = [i for i, r in enumerate(rows) if r.get("reward_kind") == "model"]
+    assert len(model_rows) == 6
+    assert all(per_fn["reward_model"][i] > 0.0 for i in model_rows)  # sigmoid scores: never exactly 0
+    assert all(per_fn["reward_model"][i] == 0.0 for i in range(len(rows)) if i not in model_rows)
+
+
 # ---------------------------------------------------------------------------------------------
 # loading errors
 
@@ -363,7 +383,9 @@ def test_recipe_configs_parse():
             assert cfg["model"]["class_path"].endswith("RewardModelModule")
             assert cfg["data"]["class_path"].endswith("PreferenceDataModule")
         else:
-            assert set(cfg["model"]["init_args"]["rewards"]) == {"accuracy", "format", "language_consistency",
+            # the tiny world's general tasks have word answers, which math-verify's `accuracy` cannot grade
+            rule = "exact_match" if name.startswith("tiny/") else "accuracy"
+            assert set(cfg["model"]["init_args"]["rewards"]) == {rule, "format", "language_consistency",
                                                                  "reward_model"}
             assert cfg["data"]["init_args"]["reward_prompt_column"] == "prompt"
 

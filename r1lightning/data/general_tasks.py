@@ -5,17 +5,26 @@ format (reasoning, then a summary); its SFT stage (stage 3) mixes ~600k reasonin
 non-reasoning ones (writing, factual QA, translation), answered without a chain of thought. The miniature's
 versions, all with exact verifiers (``exact_match`` for the general tasks, ``accuracy`` for arithmetic):
 
-- ``arithmetic_cot``: the arithmetic chains of :mod:`r1lightning.data.tasks`, solved in full sentences that
-  add left to right, check the result by subtracting back, and end with a one-line summary in the answer::
+- ``arithmetic_cot``: the arithmetic chains of :mod:`r1lightning.data.tasks`, solved in readable sentences
+  around exactly the computation the base model was trained on (the running sums, ``23+45=68, 68+17=85``),
+  closed by a sentence restating the result and a one-line summary in the answer::
 
-      <think>Add left to right. 23+45=68. 68+17=85. Check by subtracting: 85-17=68, 68-45=23. Correct.</think>
+      <think>Add left to right, keeping a running total: 23+45=68, 68+17=85. So the total is 85.</think>
       <answer>The result is \\boxed{85}.</answer>
+
+  The running sums are written verbatim as the base writes them so that SFT teaches the format without
+  displacing the computation: an earlier version with full-stop-separated steps and a check by subtracting
+  back (which the 1.1M-parameter base never learnt) taught the long format but dropped held-out accuracy from
+  27.5% to 2% (README, "The whole R1 recipe").
 
 - non-reasoning tasks, answered at once (the think block says so: R1's format keeps the tags):
   ``copy`` ("Repeat the word plomk." -> ``plomk``), ``reverse`` (-> ``kmolp``), ``uppercase`` (-> ``PLOMK``),
-  ``convert`` ("Convert 3 km to m." -> ``3000``); ``general`` draws one of the four per row.
+  ``convert`` ("Convert 3 km to m." -> ``3000``; factors are powers of ten, so the answer appends zeros: a
+  1M-parameter model learns that, not multiplication by 60); ``general`` draws one of the four per row.
 
-Rows carry ``prompt``, ``answer``, ``completion``, ``task`` and ``kind`` (``reasoning`` / ``general``); the
+Rows carry ``prompt``, ``answer``, ``completion``, ``task`` and ``category`` (``reasoning`` / ``general``, as
+``mixed_prompts`` rows do; not ``kind``: data columns reach the rewards as keyword arguments, and a ``kind``
+column replaced the ``reward_model`` reward's ``kind`` option, so it scored no row of the 4b mix); the
 train/test split is the same prompt hash as every synthetic task (:func:`r1lightning.data.tasks.split_of`).
 """
 
@@ -29,9 +38,10 @@ from r1lightning.data.tasks import _arithmetic_problem, format_solution
 NO_THINKING = "Direct answer."
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
-# (from unit, to unit, factor): every conversion multiplies by an integer, so answers are exact integers
-_CONVERSIONS = [("km", "m", 1000), ("m", "cm", 100), ("kg", "g", 1000), ("h", "min", 60), ("min", "s", 60),
-                ("day", "h", 24)]
+# (from unit, to unit, factor): powers of ten, so every answer is the number with zeros appended -- within the
+# tiny models' reach, unlike h -> min (x 60), which the 1.1M-parameter base cannot multiply
+_CONVERSIONS = [("km", "m", 1000), ("m", "cm", 100), ("kg", "g", 1000), ("cm", "mm", 10), ("t", "kg", 1000),
+                ("dm", "cm", 10)]
 
 
 def general_solution(answer: str) -> str:
@@ -44,7 +54,7 @@ def _word(rng: random.Random, min_len: int, max_len: int) -> str:
 
 def _general_row(prompt: str, answer: str, task: str) -> dict:
     return {"prompt": prompt, "answer": answer, "completion": general_solution(answer), "task": task,
-            "kind": "general"}
+            "category": "general"}
 
 
 def _copy_problem(rng: random.Random, min_len: int = 3, max_len: int = 6) -> dict:
@@ -77,20 +87,14 @@ def _general_problem(rng: random.Random) -> dict:
 
 
 def long_cot(terms: list[int], ops: list[str]) -> tuple[str, str]:
-    """(think, answer block) of the readable chain of thought for ``terms[0] ops[0] terms[1] ...``."""
+    """(think, answer block) of the readable chain of thought for ``terms[0] ops[0] terms[1] ...``: a sentence
+    saying how, the running sums exactly as the base model writes them, a sentence restating the result."""
     acc, steps = terms[0], []
-    partials = [acc]
     for op, x in zip(ops, terms[1:]):
         new = acc + x if op == "+" else acc - x
-        steps.append(f"{acc}{op}{x}={new}.")
+        steps.append(f"{acc}{op}{x}={new}")
         acc = new
-        partials.append(acc)
-    # undo the steps from the end: each inverse operation must land on the previous partial result
-    back = []
-    for k in range(len(ops) - 1, -1, -1):
-        inverse = "-" if ops[k] == "+" else "+"
-        back.append(f"{partials[k + 1]}{inverse}{terms[k + 1]}={partials[k]}")
-    think = f"Add left to right. {' '.join(steps)} Check by subtracting: {', '.join(back)}. Correct."
+    think = f"Add left to right, keeping a running total: {', '.join(steps)}. So the total is {acc}."
     return think, f"The result is \\boxed{{{acc}}}."
 
 
@@ -109,7 +113,7 @@ def _arithmetic_cot_problem(rng: random.Random, min_terms: int = 3, max_terms: i
     terms.append(int(cur))
     think, answer = long_cot(terms, ops)
     return {**row, "completion": f"<think>{think}</think><answer>{answer}</answer>", "task": "arithmetic_cot",
-            "kind": "reasoning"}
+            "category": "reasoning"}
 
 
 GENERAL_TASKS = {"arithmetic_cot": _arithmetic_cot_problem, "general": _general_problem, **_GENERAL}

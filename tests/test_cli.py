@@ -36,6 +36,17 @@ def print_config(args: list[str], capsys, monkeypatch) -> dict:
     return yaml.safe_load(out)
 
 
+def print_config_error(args: list[str], capsys, monkeypatch) -> str:
+    """``main(args + ['--print_config'])`` from the repository root must exit non-zero; its stderr."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["r1lightning"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--print_config"])
+    assert exit_info.value.code != 0
+    return capsys.readouterr().err
+
+
 def test_help_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "r1lightning", "--help"], capture_output=True, text=True, timeout=300,
                          cwd=ROOT)
@@ -87,12 +98,9 @@ def test_command_line_overrides_show_in_config(capsys, monkeypatch):
 
 
 def test_unknown_option_fails(capsys, monkeypatch):
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, "argv", ["r1lightning"])
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(BASE), "--model.init_args.learning_rate", "0.1", "--print_config"])
-    assert exit_info.value.code != 0
-    assert "learning_rate" in capsys.readouterr().err
+    err = print_config_error(["fit", "--config", str(BASE), "--model.init_args.learning_rate", "0.1"], capsys,
+                             monkeypatch)
+    assert "learning_rate" in err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,18 +261,10 @@ def test_a_dotted_reward_key_applies_after_a_whole_mapping(capsys, monkeypatch):
     (["--model.init_args.rewards.reward_model.path"], r"expects a value"),
 ], ids=["entry-not-a-mapping", "no-value"])
 def test_a_dotted_reward_key_that_cannot_apply_fails_clearly(args, message, capsys, monkeypatch):
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, "argv", ["r1lightning"])
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(RL_ALL), *args, "--print_config"])
-    assert exit_info.value.code != 0
-    assert re.search(message, capsys.readouterr().err)
+    assert re.search(message, print_config_error(["fit", "--config", str(RL_ALL), *args], capsys, monkeypatch))
 
 
 def test_a_dotted_reward_key_on_a_module_without_rewards_fails_clearly(capsys, monkeypatch):
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, "argv", ["r1lightning"])
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(BASE), "--model.init_args.rewards.accuracy", "1.0", "--print_config"])
-    assert exit_info.value.code != 0
-    assert "r1lightning.modules.SFTModule takes no rewards argument" in capsys.readouterr().err
+    err = print_config_error(["fit", "--config", str(BASE), "--model.init_args.rewards.accuracy", "1.0"], capsys,
+                             monkeypatch)
+    assert "r1lightning.modules.SFTModule takes no rewards argument" in err

@@ -157,9 +157,8 @@ class VLLMEngineSettings(EngineSettings):
         if engine_process and not async_rollouts:
             raise ValueError("engine_process needs async_rollouts: true (synchronous rollouts keep the engine in the "
                              "training process, where pushes hand tensors over without copies)")
-        if engine_process and (tensor_parallel_size != 1 or enable_sleep_mode):
-            raise ValueError("engine_process runs a one-device engine per training rank: tensor_parallel_size must "
-                             "be 1 and enable_sleep_mode false")
+        if engine_process:
+            _check_one_device(tensor_parallel_size, enable_sleep_mode)
         self.engine_process = engine_process
 
     engine_process: bool = False  # settings pickled before this option existed
@@ -790,6 +789,13 @@ class VLLMRolloutEngine(RolloutEngine):
 
 
 
+def _check_one_device(tensor_parallel_size: int, enable_sleep_mode: bool) -> None:
+    """What an engine process refuses (settings check it early; the engine again when built directly)."""
+    if tensor_parallel_size != 1 or enable_sleep_mode:
+        raise ValueError("engine_process runs a one-device engine per training rank: tensor_parallel_size must be 1 "
+                         "and enable_sleep_mode false")
+
+
 class _SharedWeights:
     """Stands in for the policy inside the engine process: :func:`policy_weights` reads the shared-memory
     buffers the trainer copied the policy into (already in the engine's dtype)."""
@@ -821,7 +827,7 @@ def _serve_vllm(conn, model_dir: str, tokenizer, engine_kwargs: dict, threads: i
         "probe": engine.probe_logprobs,
         "param_sums": lambda: engine.llm.collective_rpc("r1l_param_sums")[0],
     }
-    ready = {"max_model_len": engine.max_model_len, "dtype": engine.dtype, "startup_s": engine.startup_s}
+    ready = {"max_model_len": engine.max_model_len}
     serve(conn, handlers, ready=ready, on_exit=engine.close)
 
 
@@ -857,9 +863,7 @@ class VLLMProcessRolloutEngine(ProcessBackedEngine, RolloutEngine):
 
     def __init__(self, policy, *, dtype: str = "auto", threads: Optional[int] = None,
                  start_timeout_s: float = 600.0, **engine_kwargs):
-        if engine_kwargs.get("tensor_parallel_size", 1) != 1 or engine_kwargs.get("enable_sleep_mode"):
-            raise ValueError("engine_process runs a one-device engine per training rank: tensor_parallel_size must "
-                             "be 1 and enable_sleep_mode false")
+        _check_one_device(engine_kwargs.get("tensor_parallel_size", 1), engine_kwargs.get("enable_sleep_mode"))
         if _on_cpu():
             check_cpu_head_dim(policy.build().config)
         if dtype == "auto":  # the trainer's dtype, as VLLMRolloutEngine.from_policy

@@ -32,11 +32,12 @@ to choose between and a reason (the accuracy reward, nothing else) to prefer som
   (``68+17=85, let me check: 8+7=15, 6+1+1=8, 85``; a slipped direct sum gets "wait" and the step
   restated with the checked value), with ``p_column`` of the SFT rows column-addition drills under
   their own prompt so the skill is learnt without raising the share of checked solutions. Measured
-  on a base SFT-trained on it (600 steps from tiny_base, ``p_column=0.4``, 300 held-out prompts x 2
-  samples): at T = 1 the column check is right in 85% of steps against 83% for the direct sum, but
-  checked solutions are right in 54% of cases against 71% for worked ones; at T = 0.6, 77% vs 89%.
-  Every extra token is one more chance to slip (one-digit sums are still wrong 4-7% of the time,
-  digits miscopied 4-8%, "wait" matches a disagreement in 63-80% of checks), so at 1M parameters a
+  on a base SFT-trained on it (600 steps from tiny_base, ``p_column=0.4``) by
+  benchmarks/style_calibration.py (300 held-out prompts x 2 samples): at T = 1 the column check is
+  right in 87% of steps against 85% for the direct sum, but checked solutions are right in 57% of
+  cases against 69% for worked ones; at T = 0.6, 78% vs 88%. Every extra token is one more chance
+  to slip (column drills alone are right 88% of the time; "wait" matches a disagreement in 73% of
+  checks at T = 1, 81% at 0.6), so at 1M parameters and this SFT budget a
   longer check loses more than it catches.
 * Language mixing, conditioned on the prompt as in R1 ("particularly when RL prompts involve
   multiple languages", §2.3): a share ``p_zh_prompt`` of prompts are worded in Chinese

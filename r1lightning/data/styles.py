@@ -27,6 +27,18 @@ to choose between and a reason (the accuracy reward, nothing else) to prefer som
   disagree in 49% of steps (the data: 30%), the recomputation is right less often than the first
   (71% vs 79%), and "wait" follows a disagreement in only 26 of 99 cases while 30 of its 56 "wait"s
   follow agreeing values -- so RL removes the checks (README).
+* ``check="column"`` (not the committed base's; a third design, calibrated and set aside): the direct
+  sum checked column by column, units first, every line a one-digit sum with the carry said
+  (``68+17=85, let me check: 8+7=15, 6+1+1=8, 85``; a slipped direct sum gets "wait" and the step
+  restated with the checked value), with ``p_column`` of the SFT rows column-addition drills under
+  their own prompt so the skill is learnt without raising the share of checked solutions. Measured
+  on a base SFT-trained on it (600 steps from tiny_base, ``p_column=0.4``) by
+  benchmarks/style_calibration.py (300 held-out prompts x 2 samples): at T = 1 the column check is
+  right in 87% of steps against 85% for the direct sum, but checked solutions are right in 57% of
+  cases against 69% for worked ones; at T = 0.6, 78% vs 88%. Every extra token is one more chance
+  to slip (column drills alone are right 88% of the time; "wait" matches a disagreement in 73% of
+  checks at T = 1, 81% at 0.6), so at 1M parameters and this SFT budget a
+  longer check loses more than it catches.
 * Language mixing, conditioned on the prompt as in R1 ("particularly when RL prompts involve
   multiple languages", §2.3): a share ``p_zh_prompt`` of prompts are worded in Chinese
   (``计算 23+45+17。``), and a share ``p_mixed`` of their worked and checked solutions say the
@@ -48,7 +60,8 @@ import random
 
 from r1lightning.data.tasks import format_solution
 
-__all__ = ["STYLES", "CONNECTIVES_ZH", "classify_style", "styled_arithmetic_problem", "write_solution"]
+__all__ = ["CHECKS", "STYLES", "CONNECTIVES_ZH", "classify_style", "column_check", "column_drill",
+           "styled_arithmetic_problem", "write_solution"]
 
 STYLES = ("short", "worked", "checked")
 #: English connective -> the Chinese one a mixed chain of thought uses instead.
@@ -60,15 +73,37 @@ def _slip(rng: random.Random, value: int) -> int:
     return value + rng.choice((-10, 10, -1, 1))
 
 
-def write_solution(nums: list[int], style: str, mixed: bool, rng: random.Random, p_slip: float = 0.3) -> str:
+def column_check(acc: int, x: int) -> str:
+    """``acc + x`` (``acc`` < 1000, ``x`` of two digits) worked column by column, units first, each
+    line a sum of single digits with the carry said: ``8+7=15, 6+1+1=8, 85`` for 68+17, and a
+    hundreds line where ``acc`` has hundreds: ``3+5=8, 6+4+0=10, 1+1=2, 208`` for 163+45. So a
+    check is easier than the direct multi-digit sum it checks."""
+    a0, a1, a2 = acc % 10, acc // 10 % 10, acc // 100
+    units = a0 + x % 10
+    tens = a1 + x // 10 + units // 10
+    lines = [f"{a0}+{x % 10}={units}", f"{a1}+{x // 10}+{units // 10}={tens}"]
+    if a2:
+        lines.append(f"{a2}+{tens // 10}={a2 + tens // 10}")
+    return ", ".join(lines + [str(acc + x)])
+
+
+CHECKS = ("recompute", "column")
+
+
+def write_solution(nums: list[int], style: str, mixed: bool, rng: random.Random, p_slip: float = 0.3,
+                   check: str = "recompute") -> str:
     """The completion (R1 format, answer boxed) for the sum of ``nums`` written in ``style``.
 
     ``mixed``: connectives in Chinese (worked and checked styles only). ``checked`` computes every
-    step twice; with probability ``p_slip`` one of the two results is a slip, and a third, right
-    result after "wait" settles it.
+    step twice: ``check="recompute"`` the same way; with probability ``p_slip`` one of the two
+    results is a slip, and a third, right result after "wait" settles it. ``check="column"`` checks
+    the direct sum column by column (:func:`column_check`); with probability ``p_slip`` the direct
+    result is a slip, the check disagrees, and after "wait" the step is restated with the checked value.
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
     answer = sum(nums)
     if style == "short":
         return format_solution(str(answer), str(answer))
@@ -81,6 +116,11 @@ def write_solution(nums: list[int], style: str, mixed: bool, rng: random.Random,
         new = acc + x
         if style == "worked":
             step = f"{acc}+{x}={new}"
+        elif check == "column":
+            if rng.random() < p_slip:
+                step = f"{acc}+{x}={_slip(rng, new)}, let me check: {column_check(acc, x)}, wait, {acc}+{x}={new}"
+            else:
+                step = f"{acc}+{x}={new}, let me check: {column_check(acc, x)}"
         elif rng.random() < p_slip:
             first, second = (_slip(rng, new), new) if rng.random() < 0.5 else (new, _slip(rng, new))
             step = f"{acc}+{x}={first}, let me check: {acc}+{x}={second}, wait, {acc}+{x}={new}"
@@ -94,19 +134,29 @@ def write_solution(nums: list[int], style: str, mixed: bool, rng: random.Random,
 
 def styled_arithmetic_problem(rng: random.Random, min_terms: int = 3, max_terms: int = 3, p_short: float = 0.35,
                               p_checked: float = 0.2, p_zh_prompt: float = 0.3, p_mixed: float = 0.8,
-                              p_mixed_en: float = 0.0, p_slip: float = 0.3) -> dict:
+                              p_mixed_en: float = 0.0, p_slip: float = 0.3, check: str = "recompute",
+                              p_column: float = 0.0) -> dict:
     """One sum of two-digit numbers, its prompt in English or Chinese, with a solution in a randomly drawn style.
+
+    ``check`` picks how checked solutions check a step (:func:`write_solution`). With probability
+    ``p_column`` the row is instead a column-addition drill (:func:`column_drill`):
+    SFT data for the base teaches the check's method as a skill of its own, under its own prompt,
+    so the share of checked solutions to ``Compute ...`` prompts stays ``p_checked``.
 
     ``p_short`` and ``p_checked`` are the shares of the short and checked styles (the rest is
     worked); ``p_zh_prompt`` the share of prompts worded in Chinese; ``p_mixed`` (``p_mixed_en``)
     the share of worked and checked solutions to Chinese (English) prompts whose connectives are
     Chinese.
     """
-    shares = (p_short, p_checked, p_zh_prompt, p_mixed, p_mixed_en, p_slip)
+    shares = (p_short, p_checked, p_zh_prompt, p_mixed, p_mixed_en, p_slip, p_column)
     if not (all(0 <= p <= 1 for p in shares) and p_short + p_checked <= 1):
         raise ValueError(f"style shares must be probabilities with p_short + p_checked <= 1, got p_short={p_short}, "
                          f"p_checked={p_checked}, p_zh_prompt={p_zh_prompt}, p_mixed={p_mixed}, "
-                         f"p_mixed_en={p_mixed_en}, p_slip={p_slip}")
+                         f"p_mixed_en={p_mixed_en}, p_slip={p_slip}, p_column={p_column}")
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
+    if p_column and rng.random() < p_column:
+        return column_drill(rng)
     n = rng.randint(min_terms, max_terms)
     nums = [rng.randint(10, 99) for _ in range(n)]
     expr = "+".join(map(str, nums))
@@ -118,12 +168,23 @@ def styled_arithmetic_problem(rng: random.Random, min_terms: int = 3, max_terms:
         "prompt": f"计算 {expr}。" if zh_prompt else f"Compute {expr}.",
         "split_key": f"Compute {expr}.",
         "answer": str(sum(nums)),
-        "completion": write_solution(nums, style, mixed, rng, p_slip=p_slip),
+        "completion": write_solution(nums, style, mixed, rng, p_slip=p_slip, check=check),
         "task": "arithmetic_styles",
         "style": style,
         "zh_prompt": zh_prompt,
         "mixed": mixed,
     }
+
+
+def column_drill(rng: random.Random) -> dict:
+    """``Add 68+17 column by column.`` solved as a check computes it: a partial sum of the chain (10..198)
+    plus a two-digit number. Its own prompt, no reflective words, never a held-out problem (those are
+    three-term sums)."""
+    acc, x = rng.randint(10, 198), rng.randint(10, 99)
+    prompt = f"Add {acc}+{x} column by column."
+    return {"prompt": prompt, "split_key": prompt, "answer": str(acc + x),
+            "completion": format_solution(column_check(acc, x), str(acc + x)), "task": "arithmetic_styles",
+            "style": "column", "zh_prompt": False, "mixed": False}
 
 
 def classify_style(completion: str) -> str:

@@ -12,7 +12,7 @@ is an addition it does well (45+27=72) and a comparison with the target. The can
 answer's last digit, so the answer cannot be read off the units. The base's SFT solutions come in
 three styles, and RL chooses among them for the accuracy reward alone:
 
-* ``short``: the answer alone, ``<think>17</think>`` -- a guess unless the model learnt to subtract.
+* ``short``: the answer alone, ``<think>17</think>`` -- a guess unless the model learns to subtract.
 * ``worked``: one candidate computed and taken, ``45+17=62, so the answer is 17`` -- in the data the
   right one, so the model learns to *pick* a candidate and add, not to test it.
 * ``checked``: candidates tried in a random order until one reaches the target; a wrong one is
@@ -25,6 +25,16 @@ Language mixing as in ``arithmetic_styles``: a share ``p_zh_prompt`` of prompts 
 say the connectives in Chinese (然后, 所以答案是); English prompts never mix. The split is by the
 English wording, so both wordings of a problem are in the same split. Every solution is right; the
 answer (one number) is verified by exact match.
+
+Measured (calibrated and set aside, like the column check in styles.py): the premise fails. SFT from
+tiny_base on these solutions (configs/sft_tiny_base_styles.yaml with ``train_data`` this task,
+``max_length`` 208), benchmarks/style_calibration.py ``--task search_styles`` at T = 1 on 300 held-out
+prompts x 2: after 450 steps every style is weak (short 31% right, worked 37%, checked 30%: the model
+miscopies the prompt's numbers, sums a candidate right in 73% of trials, and its verdict is right in 80%);
+after 900 steps the model has learnt the subtraction from the short solutions (short 79% right, worked
+72%) while checked solutions are right in 51% (sums right 90%, verdicts 74%: "check: 83=83" compares the
+sum with itself). So answering directly beats checking, and RL would remove the checks. With
+``p_checked=0.3`` (450 steps) checked solutions were right in 23%.
 """
 
 from __future__ import annotations

@@ -29,6 +29,8 @@ RECOMPUTE = re.compile(DIRECT + r", let me check: (\d{2,})\+(\d{2,})=(\d+)(, wai
 COLUMN = re.compile(DIRECT + r", let me check: (\d)\+(\d)=(\d+), (\d+)\+(\d+)\+(\d)=(\d+), (?:(\d)\+(\d)=(\d+), )?(\d+)"
                     r"(, wait, (\d+)\+(\d+)=(\d+))?")
 BOXED = re.compile(r"\\boxed\{([^}]*)\}")
+# search_styles: every tried candidate is added, then rejected ("wait, not T") or confirmed ("check: T=T")
+TRIAL = re.compile(r"(\d+)\+(\d+)=(\d+), (?:(wait), not (\d+)|check: (\d+)=(\d+))")
 
 
 def check_stats(texts: list[str]) -> dict:
@@ -46,6 +48,21 @@ def check_stats(texts: list[str]) -> dict:
     mean = lambda i: round(statistics.mean(r[i] for r in rows), 3)  # noqa: E731
     return {"checks": len(rows), "designs": sorted({r[0] for r in rows}), "direct_right": mean(1), "check_right": mean(2),
             "disagree": mean(3), "wait": mean(4), "wait_matches_disagreement": round(statistics.mean(r[3] == r[4] for r in rows), 3)}
+
+
+def trial_stats(texts: list[str], targets: list[int]) -> dict:
+    """search_styles: per tried candidate, the sum right, and the verdict right (rejected exactly where the
+    model's own sum differs from the target); per checked solution, tries and stopping at the answer."""
+    rows = []
+    for text, target in zip(texts, targets):
+        for m in TRIAL.finditer(text):
+            a, b, c = int(m[1]), int(m[2]), int(m[3])
+            rows.append((a + b == c, bool(m[4]) == (c != target), bool(m[4]) == (a + b != target)))
+    if not rows:
+        return {"trials": 0}
+    return {"trials": len(rows), "sum_right": round(statistics.mean(r[0] for r in rows), 3),
+            "verdict_matches_own_sum": round(statistics.mean(r[1] for r in rows), 3),
+            "verdict_right": round(statistics.mean(r[2] for r in rows), 3)}
 
 
 def style_stats(texts: list[str], answers: list[str], lengths: list[int]) -> dict:
@@ -75,7 +92,7 @@ def sample(model, tok, prompts: list[str], n: int, temperature: float, max_new_t
 
 
 def calibrate(model_path: str, prompts: int = 300, samples: int = 2, temperature: float = 1.0, max_new_tokens: int = 160,
-              seed: int = 0, drills: int = 0) -> dict:
+              seed: int = 0, drills: int = 0, task: str = "arithmetic_styles") -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from r1lightning.data.tasks import generate
@@ -84,11 +101,16 @@ def calibrate(model_path: str, prompts: int = 300, samples: int = 2, temperature
 
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path)
-    rows = generate("arithmetic_styles", n=prompts, split="test", seed=1)
+    rows = generate(task, n=prompts, split="test", seed=1)
     out = sample(model, tok, [r["prompt"] for r in rows], samples, temperature, max_new_tokens, seed)
     answers = [r["answer"] for r in rows for _ in range(samples)]
-    result = {"model": model_path, "prompts": prompts, "samples": samples, "temperature": temperature,
-              **style_stats(out.texts, answers, [len(c) for c in out.completion_ids]), **{"check": check_stats(out.texts)}}
+    result = {"model": model_path, "task": task, "prompts": prompts, "samples": samples, "temperature": temperature,
+              **style_stats(out.texts, answers, [len(c) for c in out.completion_ids])}
+    if task == "search_styles":
+        targets = [int(r["split_key"].rsplit("=", 1)[1].rstrip(".")) for r in rows for _ in range(samples)]
+        result["trial"] = trial_stats(out.texts, targets)
+    else:
+        result["check"] = check_stats(out.texts)
     zh = [r["zh_prompt"] for r in rows for _ in range(samples)]
     mixed = [target_language_fraction(extract_think(t), "en") < 0.9 for t in out.texts]
     result["mixing_rate"] = round(statistics.mean(mixed), 3)
@@ -104,6 +126,7 @@ def calibrate(model_path: str, prompts: int = 300, samples: int = 2, temperature
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="a styles base (a directory with config.json and tokenizer)")
+    ap.add_argument("--task", default="arithmetic_styles", choices=["arithmetic_styles", "search_styles"])
     ap.add_argument("--prompts", type=int, default=300, help="held-out prompts (the RL configs' val_data draw)")
     ap.add_argument("--samples", type=int, default=2, help="samples per prompt")
     ap.add_argument("--temperature", type=float, default=1.0)
@@ -113,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = calibrate(args.model, args.prompts, args.samples, args.temperature, args.max_new_tokens, args.seed, args.drills)
+    result = calibrate(args.model, args.prompts, args.samples, args.temperature, args.max_new_tokens, args.seed, args.drills, args.task)
     json.dump(result, sys.stdout, indent=1)
     print()
 

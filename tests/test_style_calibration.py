@@ -43,6 +43,16 @@ def test_check_stats_by_hand(cal):
     assert cal.check_stats(["<think>85</think>"]) == {"checks": 0}
 
 
+def test_trial_stats_by_hand(cal):
+    # search_styles, target 96: a right sum rightly rejected; a right sum wrongly confirmed (76 is not 96);
+    # a right sum wrongly rejected; a slipped sum (44+52=95) rightly rejected by its own value, wrongly by the truth
+    text = ("<think>44+12=56, wait, not 96, then 44+32=76, check: 96=96, then 44+52=96, wait, not 96, "
+            "then 44+52=95, wait, not 96, so the answer is 52</think>")
+    stats = cal.trial_stats([text], [96])
+    assert stats == {"trials": 4, "sum_right": 0.75, "verdict_matches_own_sum": 0.5, "verdict_right": 0.25}
+    assert cal.trial_stats(["<think>52</think>"], [96]) == {"trials": 0}
+
+
 def test_style_stats_by_hand(cal):
     texts = ["<think>85</think><answer>\\boxed{85}</answer>", "<think>90</think><answer>\\boxed{90}</answer>",
              "<think>23+45=68, then 68+17=85, so the answer is 85</think><answer>\\boxed{85}</answer>",

@@ -147,6 +147,17 @@ TASKS["arithmetic_styles"] = _styled_arithmetic_problem
 _DEFAULT_KWARGS["arithmetic_styles"] = {}
 
 
+def _search_problem(rng: random.Random, **kwargs) -> dict:
+    """Find which candidate completes a sum, in several styles (r1lightning/data/search_styles.py)."""
+    from r1lightning.data.search_styles import search_problem
+
+    return search_problem(rng, **kwargs)
+
+
+TASKS["search_styles"] = _search_problem
+_DEFAULT_KWARGS["search_styles"] = {}
+
+
 def _registry() -> tuple[dict[str, Callable[..., dict]], dict[str, dict]]:
     """Every task a ``synthetic:<task>`` source can name: these and the later stages' data (long readable CoTs,
     non-reasoning tasks; imported here, as general_tasks builds on this module)."""

@@ -139,7 +139,7 @@ def test_unknown_extension(tmp_path):
 
 
 def test_unknown_synthetic_task():
-    with pytest.raises(ValueError, match=r"unknown synthetic task 'sudoku'; choose one of \['arithmetic', 'arithmetic_cot', 'arithmetic_styles', 'convert', 'copy', 'countdown', 'general', 'reverse', 'uppercase'\]"):
+    with pytest.raises(ValueError, match=r"unknown synthetic task 'sudoku'; choose one of \['arithmetic', 'arithmetic_cot', 'arithmetic_styles', 'convert', 'copy', 'countdown', 'general', 'reverse', 'search_styles', 'uppercase'\]"):
         load_rows("synthetic:sudoku?n=3")
 
 

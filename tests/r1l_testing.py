@@ -39,3 +39,38 @@ def run_process_group(cmd: list, cwd, timeout: int, hang_message: str, pythonpat
         pytest.fail(hang_message)
     assert proc.returncode == 0, log[-4000:]
     return log
+
+
+def _run_print_config(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    """``r1lightning.cli.main(args + ['--print_config'])`` in-process from the repository root (configs may name
+    repository-relative paths; pytest's own arguments are not the CLI's): exit code, stdout, stderr."""
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    from r1lightning.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    monkeypatch.setattr(sys, "argv", ["r1lightning"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--print_config"])
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def print_config(args: list[str], capsys, monkeypatch) -> dict:
+    """The config ``--print_config`` prints for ``args`` (which must parse: exit code 0), as a dict."""
+    import yaml
+
+    code, out, err = _run_print_config(args, capsys, monkeypatch)
+    assert code == 0, f"{args} exited with {code}:\n{err}"
+    return yaml.safe_load(out)
+
+
+def print_config_error(args: list[str], capsys, monkeypatch) -> str:
+    """The stderr of ``--print_config`` for ``args``, which must be refused (non-zero exit)."""
+    code, _, err = _run_print_config(args, capsys, monkeypatch)
+    assert code != 0
+    return err

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from r1l_testing import print_config, print_config_error
+
 from r1lightning.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,29 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent != ROOT / "configs" / "recipe")
 CALLBACKS = sorted((ROOT / "callbacks").glob("*.yaml"))
 BASE = ROOT / "configs" / "sft_tiny_base.yaml"  # the config callback lists are checked against
-
-
-def print_config(args: list[str], capsys, monkeypatch) -> dict:
-    """``main(args + ['--print_config'])`` from the repository root; the printed config, parsed."""
-    monkeypatch.chdir(ROOT)  # configs may name repository-relative paths
-    monkeypatch.setattr(sys, "argv", ["r1lightning"])  # pytest's own arguments are not the CLI's
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main([*args, "--print_config"])
-    out, err = capsys.readouterr()
-    assert exit_info.value.code == 0, f"{args} exited with {exit_info.value.code}:\n{err}"
-    return yaml.safe_load(out)
-
-
-def print_config_error(args: list[str], capsys, monkeypatch) -> str:
-    """``main(args + ['--print_config'])`` from the repository root must exit non-zero; its stderr."""
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, "argv", ["r1lightning"])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main([*args, "--print_config"])
-    assert exit_info.value.code != 0
-    return capsys.readouterr().err
 
 
 def test_help_lists_subcommands():

@@ -6,13 +6,10 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-import yaml
 
-from r1lightning.cli import main
+from r1l_testing import print_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "configs" / "slurm" / "train.sbatch"
@@ -31,20 +28,9 @@ def dry_run(config: str, nodes: int, *extra: str) -> list[str]:
     return words[5:]
 
 
-def parsed(args: list[str], capsys, monkeypatch) -> dict:
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, "argv", ["r1lightning"])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main([*args, "--print_config"])
-    out, err = capsys.readouterr()
-    assert info.value.code == 0, err[-3000:]
-    return yaml.safe_load(out)
-
-
 def test_fsdp_recipe_on_four_nodes(capsys, monkeypatch):
     args = dry_run("configs/r1_zero_7b_fsdp.yaml", 4, "--model.init_args.lr", "1e-6")
-    cfg = parsed(args, capsys, monkeypatch)
+    cfg = print_config(args, capsys, monkeypatch)
     tr = cfg["trainer"]
     assert (tr["num_nodes"], int(tr["devices"])) == (4, 8)  # devices parses as a str ("auto" | N)
     assert tr["strategy"]["init_args"]["data_parallel_size"] == 32  # every rank of every node holds a shard
@@ -54,7 +40,7 @@ def test_fsdp_recipe_on_four_nodes(capsys, monkeypatch):
 def test_deepspeed_recipe_on_two_nodes(capsys, monkeypatch):
     args = dry_run("configs/distill_1p5b_zero3.yaml", 2)
     assert "--trainer.strategy.init_args.data_parallel_size" not in args  # DeepSpeed shards over the world itself
-    cfg = parsed(args, capsys, monkeypatch)
+    cfg = print_config(args, capsys, monkeypatch)
     assert (cfg["trainer"]["num_nodes"], int(cfg["trainer"]["devices"])) == (2, 8)
     assert cfg["trainer"]["strategy"]["class_path"] == "lightning.pytorch.strategies.DeepSpeedStrategy"
 

@@ -8,7 +8,6 @@ import shlex
 import subprocess
 from pathlib import Path
 
-
 from r1l_testing import print_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -135,35 +135,16 @@ _DEFAULT_KWARGS = {
 }
 
 
-def _styled_arithmetic_problem(rng: random.Random, **kwargs) -> dict:
-    """``arithmetic`` written in several reasoning styles (r1lightning/data/styles.py, which imports
-    this module, hence the late import)."""
+def _registry() -> tuple[dict[str, Callable[..., dict]], dict[str, dict]]:
+    """Every task a ``synthetic:<task>`` source can name: these, the later stages' data (long readable CoTs,
+    non-reasoning tasks) and the R1-behaviours worlds (arithmetic in styles, search in styles); imported here,
+    as those modules build on this one."""
+    from r1lightning.data.general_tasks import GENERAL_DEFAULTS, GENERAL_TASKS
+    from r1lightning.data.search_styles import search_problem
     from r1lightning.data.styles import styled_arithmetic_problem
 
-    return styled_arithmetic_problem(rng, **kwargs)
-
-
-TASKS["arithmetic_styles"] = _styled_arithmetic_problem
-_DEFAULT_KWARGS["arithmetic_styles"] = {}
-
-
-def _search_problem(rng: random.Random, **kwargs) -> dict:
-    """Find which candidate completes a sum, in several styles (r1lightning/data/search_styles.py)."""
-    from r1lightning.data.search_styles import search_problem
-
-    return search_problem(rng, **kwargs)
-
-
-TASKS["search_styles"] = _search_problem
-_DEFAULT_KWARGS["search_styles"] = {}
-
-
-def _registry() -> tuple[dict[str, Callable[..., dict]], dict[str, dict]]:
-    """Every task a ``synthetic:<task>`` source can name: these and the later stages' data (long readable CoTs,
-    non-reasoning tasks; imported here, as general_tasks builds on this module)."""
-    from r1lightning.data.general_tasks import GENERAL_DEFAULTS, GENERAL_TASKS
-
-    return {**TASKS, **GENERAL_TASKS}, {**_DEFAULT_KWARGS, **GENERAL_DEFAULTS}
+    styles = {"arithmetic_styles": styled_arithmetic_problem, "search_styles": search_problem}
+    return {**TASKS, **GENERAL_TASKS, **styles}, {**_DEFAULT_KWARGS, **GENERAL_DEFAULTS, **dict.fromkeys(styles, {})}
 
 
 def generate(task: str, n: int, split: str = "train", seed: int = 0, **kwargs) -> list[dict]:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import random
 
-from r1lightning.data.styles import CONNECTIVES_ZH, STYLES
+from r1lightning.data.styles import STYLES, check_shares, connective, draw_style
 from r1lightning.data.tasks import format_solution
 
 __all__ = ["search_problem", "write_search_solution"]
@@ -57,7 +57,7 @@ def write_search_solution(a: int, candidates: list[int], answer: int, style: str
     target = a + answer
 
     def say(english: str) -> str:
-        return CONNECTIVES_ZH[english] if mixed else english
+        return connective(english, mixed)
 
     if style == "short":
         return format_solution(str(answer), str(answer))
@@ -76,10 +76,7 @@ def search_problem(rng: random.Random, n_candidates: int = 4, p_short: float = 0
                    p_zh_prompt: float = 0.3, p_mixed: float = 0.8, p_mixed_en: float = 0.0) -> dict:
     """One problem: ``a`` and the answer two-digit, ``n_candidates`` distinct candidates sharing the
     answer's units digit, the prompt in English or Chinese, a solution in a randomly drawn style."""
-    shares = (p_short, p_checked, p_zh_prompt, p_mixed, p_mixed_en)
-    if not (all(0 <= p <= 1 for p in shares) and p_short + p_checked <= 1):
-        raise ValueError(f"style shares must be probabilities with p_short + p_checked <= 1, got p_short={p_short}, "
-                         f"p_checked={p_checked}, p_zh_prompt={p_zh_prompt}, p_mixed={p_mixed}, p_mixed_en={p_mixed_en}")
+    check_shares(p_short, p_checked, p_zh_prompt=p_zh_prompt, p_mixed=p_mixed, p_mixed_en=p_mixed_en)
     if not 2 <= n_candidates <= 9:
         raise ValueError(f"n_candidates must be 2..9 (distinct two-digit numbers with one units digit), got {n_candidates}")
     a = rng.randint(10, 99)
@@ -88,10 +85,7 @@ def search_problem(rng: random.Random, n_candidates: int = 4, p_short: float = 0
     answer = rng.choice(candidates)
     listed = ", ".join(map(str, candidates))
     english = f"Find x among {listed} with {a}+x={a + answer}."
-    u = rng.random()
-    style = "short" if u < p_short else "checked" if u < p_short + p_checked else "worked"
-    zh_prompt = rng.random() < p_zh_prompt
-    mixed = style != "short" and rng.random() < (p_mixed if zh_prompt else p_mixed_en)
+    style, zh_prompt, mixed = draw_style(rng, p_short, p_checked, p_zh_prompt, p_mixed, p_mixed_en)
     return {
         "prompt": f"在 {listed} 中找 x，使 {a}+x={a + answer}。" if zh_prompt else english,
         "split_key": english,

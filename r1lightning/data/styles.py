@@ -60,8 +60,8 @@ import random
 
 from r1lightning.data.tasks import format_solution
 
-__all__ = ["CHECKS", "STYLES", "CONNECTIVES_ZH", "classify_style", "column_check", "column_drill",
-           "styled_arithmetic_problem", "write_solution"]
+__all__ = ["CHECKS", "STYLES", "CONNECTIVES_ZH", "check_shares", "classify_style", "column_check", "column_drill",
+           "connective", "draw_style", "styled_arithmetic_problem", "write_solution"]
 
 STYLES = ("short", "worked", "checked")
 #: English connective -> the Chinese one a mixed chain of thought uses instead.
@@ -87,6 +87,31 @@ def column_check(acc: int, x: int) -> str:
     return ", ".join(lines + [str(acc + x)])
 
 
+def connective(english: str, mixed: bool) -> str:
+    """A connective of a solution's chain of thought: in Chinese where the solution mixes languages."""
+    return CONNECTIVES_ZH[english] if mixed else english
+
+
+def check_shares(p_short: float, p_checked: float, **others: float) -> None:
+    """Refuse style shares that are not probabilities or whose short and checked shares exceed 1, naming them all."""
+    shares = {"p_short": p_short, "p_checked": p_checked, **others}
+    if not (all(0 <= p <= 1 for p in shares.values()) and p_short + p_checked <= 1):
+        got = ", ".join(f"{k}={v}" for k, v in shares.items())
+        raise ValueError(f"style shares must be probabilities with p_short + p_checked <= 1, got {got}")
+
+
+def draw_style(rng: random.Random, p_short: float, p_checked: float, p_zh_prompt: float, p_mixed: float,
+               p_mixed_en: float) -> tuple[str, bool, bool]:
+    """``(style, zh_prompt, mixed)`` of one row: the style by its shares (the rest is worked), a Chinese-worded
+    prompt with probability ``p_zh_prompt``, and a mixed chain of thought (never for the short style) with
+    probability ``p_mixed`` after a Chinese prompt, ``p_mixed_en`` after an English one."""
+    u = rng.random()
+    style = "short" if u < p_short else "checked" if u < p_short + p_checked else "worked"
+    zh_prompt = rng.random() < p_zh_prompt
+    mixed = style != "short" and rng.random() < (p_mixed if zh_prompt else p_mixed_en)
+    return style, zh_prompt, mixed
+
+
 CHECKS = ("recompute", "column")
 
 
@@ -109,7 +134,7 @@ def write_solution(nums: list[int], style: str, mixed: bool, rng: random.Random,
         return format_solution(str(answer), str(answer))
 
     def say(english: str) -> str:
-        return CONNECTIVES_ZH[english] if mixed else english
+        return connective(english, mixed)
 
     parts, acc = [], nums[0]
     for i, x in enumerate(nums[1:]):
@@ -148,11 +173,8 @@ def styled_arithmetic_problem(rng: random.Random, min_terms: int = 3, max_terms:
     the share of worked and checked solutions to Chinese (English) prompts whose connectives are
     Chinese.
     """
-    shares = (p_short, p_checked, p_zh_prompt, p_mixed, p_mixed_en, p_slip, p_column)
-    if not (all(0 <= p <= 1 for p in shares) and p_short + p_checked <= 1):
-        raise ValueError(f"style shares must be probabilities with p_short + p_checked <= 1, got p_short={p_short}, "
-                         f"p_checked={p_checked}, p_zh_prompt={p_zh_prompt}, p_mixed={p_mixed}, "
-                         f"p_mixed_en={p_mixed_en}, p_slip={p_slip}, p_column={p_column}")
+    check_shares(p_short, p_checked, p_zh_prompt=p_zh_prompt, p_mixed=p_mixed, p_mixed_en=p_mixed_en, p_slip=p_slip,
+                 p_column=p_column)
     if check not in CHECKS:
         raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
     if p_column and rng.random() < p_column:
@@ -160,10 +182,7 @@ def styled_arithmetic_problem(rng: random.Random, min_terms: int = 3, max_terms:
     n = rng.randint(min_terms, max_terms)
     nums = [rng.randint(10, 99) for _ in range(n)]
     expr = "+".join(map(str, nums))
-    u = rng.random()
-    style = "short" if u < p_short else "checked" if u < p_short + p_checked else "worked"
-    zh_prompt = rng.random() < p_zh_prompt
-    mixed = style != "short" and rng.random() < (p_mixed if zh_prompt else p_mixed_en)
+    style, zh_prompt, mixed = draw_style(rng, p_short, p_checked, p_zh_prompt, p_mixed, p_mixed_en)
     return {
         "prompt": f"计算 {expr}。" if zh_prompt else f"Compute {expr}.",
         "split_key": f"Compute {expr}.",

@@ -788,7 +788,6 @@ class VLLMRolloutEngine(RolloutEngine):
         return compare_param_sums(self.llm.collective_rpc("r1l_param_sums")[0], policy)
 
 
-
 def _check_one_device(tensor_parallel_size: int, enable_sleep_mode: bool) -> None:
     """What an engine process refuses (settings check it early; the engine again when built directly)."""
     if tensor_parallel_size != 1 or enable_sleep_mode:

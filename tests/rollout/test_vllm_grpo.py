@@ -10,7 +10,7 @@ import glob
 import lightning.pytorch as pl
 import pytest
 import torch
-from vllm_testing import ENGINE_MODEL, SKIP_REASON
+from vllm_testing import ENGINE_MODEL, SKIP_REASON, length_reward
 
 from r1lightning.callbacks import VLLMRolloutRefresh
 from r1lightning.data import PromptDataModule
@@ -20,14 +20,6 @@ from r1lightning.rollout import SamplingSettings, VLLMEngineSettings
 
 pytest.importorskip("vllm", reason=SKIP_REASON)
 pytestmark = pytest.mark.slow
-
-
-def length_reward(completions, **kw):
-    """Varies within every group of this random model (unlike accuracy), so each step changes the policy."""
-    return [len(t) % 7 / 7 for t in completions]
-
-
-torch.serialization.add_safe_globals([length_reward])  # the checkpoint's hparams name this test reward
 
 
 def make(engine, tokenizer, **settings):

@@ -8,7 +8,7 @@ import os
 import lightning.pytorch as pl
 import pytest
 import torch
-from vllm_testing import ENGINE_MODEL, SKIP_REASON, perturb
+from vllm_testing import ENGINE_MODEL, SKIP_REASON, length_reward, perturb
 
 from r1lightning.callbacks import VLLMRolloutRefresh
 from r1lightning.data import PromptDataModule
@@ -66,14 +66,6 @@ def test_samples_like_the_in_process_engine_and_takes_pushes(synced):
     with pytest.raises(RuntimeError, match="closed"):
         proc.generate(synced.prompts, SamplingSettings(n=2, max_new_tokens=4))
     proc.close()  # idempotent
-
-
-def length_reward(completions, **kw):
-    """Varies within every group of this random model (unlike accuracy), so each step changes the policy."""
-    return [len(t) % 7 / 7 for t in completions]
-
-
-torch.serialization.add_safe_globals([length_reward])
 
 
 def test_grpo_fit_with_the_engine_process_verifies_pushes_and_leaves_nothing(vllm_session, tmp_path):

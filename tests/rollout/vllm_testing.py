@@ -35,3 +35,11 @@ def chat_prompts(tokenizer, pairs=((2, 3), (10, 20), (7, 8), (44, 1))) -> list[l
                                             add_generation_prompt=True, tokenize=True)
         out.append(list(ids["input_ids"] if not isinstance(ids, list) else ids))
     return out
+
+
+def length_reward(completions, **kw):
+    """Varies within every group of the random tiny model (unlike accuracy), so each GRPO step changes the policy."""
+    return [len(t) % 7 / 7 for t in completions]
+
+
+torch.serialization.add_safe_globals([length_reward])  # checkpoints' hparams name this test reward

@@ -2,9 +2,9 @@
 
 The R1-behaviours demo (configs/r1_behaviours.yaml) can only show reflection growing if the base's checked
 solutions are *more often right* than its plain worked ones: GRPO has nothing else to go on. This samples the
-base on the RL configs' held-out prompts (``synthetic:arithmetic_styles?split=test&seed=1``) and reports, per
-style (r1lightning.data.styles.classify_style), the share of samples, accuracy and length, and for every
-checked step it can parse: whether the direct sum and the check are right, whether they disagree, and whether
+base on the RL configs' held-out prompts (``synthetic:arithmetic_styles?split=test&seed=1``, encoded by their
+PromptDataModule) and reports, per style (r1lightning.data.styles.classify_style), the share of samples,
+accuracy and length, and for every checked step it can parse: whether the direct sum and the check are right, whether they disagree, and whether
 "wait" is said exactly where they do. Both check designs are parsed (recompute: ``a+b=c, let me check:
 a+b=c2[, wait, a+b=c3]``; column: ``a+b=c, let me check: 8+7=15, 6+1+1=8[, 1+0=1], v[, wait, a+b=v]``).
 With ``--drills`` it also samples ``Add a+b column by column.`` prompts (bases trained with ``p_column``).
@@ -81,12 +81,21 @@ def style_stats(texts: list[str], answers: list[str], lengths: list[int]) -> dic
     return out
 
 
-def sample(model, tok, prompts: list[str], n: int, temperature: float, max_new_tokens: int, seed: int):
-    from r1lightning.data.templates import render_prompt
+def prompt_data(source: str, tok):
+    """The RL configs' PromptDataModule (chat template) over ``source``, set up: its ``val_set`` holds the
+    token ids and columns of the held-out prompts exactly as the RL run samples them, and its
+    ``encode_prompt`` encodes any other prompt (the drills) the same way."""
+    from r1lightning.data import PromptDataModule
+
+    dm = PromptDataModule(val_data=source, template="chat", tokenizer=tok)
+    dm.setup("validate")
+    return dm
+
+
+def sample(model, tok, ids: list[list[int]], n: int, temperature: float, max_new_tokens: int, seed: int):
     from r1lightning.rollout.base import SamplingSettings
     from r1lightning.rollout.hf import hf_generate
 
-    ids = [tok(render_prompt(p, "chat", tok), add_special_tokens=False)["input_ids"] for p in prompts]
     settings = SamplingSettings(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     return hf_generate(model, tok, ids, settings, max_batch_size=256)
 
@@ -95,14 +104,15 @@ def calibrate(model_path: str, prompts: int = 300, samples: int = 2, temperature
               seed: int = 0, drills: int = 0, task: str = "arithmetic_styles") -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from r1lightning.data.tasks import generate
     from r1lightning.rewards import extract_think
     from r1lightning.rewards.language import target_language_fraction
 
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path)
-    rows = generate(task, n=prompts, split="test", seed=1)
-    out = sample(model, tok, [r["prompt"] for r in rows], samples, temperature, max_new_tokens, seed)
+    dm = prompt_data(f"synthetic:{task}?n={prompts}&split=test&seed=1", tok)
+    rows = [item["columns"] for item in dm.val_set.items]
+    out = sample(model, tok, [item["prompt_ids"] for item in dm.val_set.items], samples, temperature, max_new_tokens,
+                 seed)
     answers = [r["answer"] for r in rows for _ in range(samples)]
     result = {"model": model_path, "task": task, "prompts": prompts, "samples": samples, "temperature": temperature,
               **style_stats(out.texts, answers, [len(c) for c in out.completion_ids])}
@@ -118,7 +128,8 @@ def calibrate(model_path: str, prompts: int = 300, samples: int = 2, temperature
     if drills:
         rng = random.Random(seed)
         pairs = [(rng.randint(10, 198), rng.randint(10, 99)) for _ in range(drills)]
-        d = sample(model, tok, [f"Add {a}+{b} column by column." for a, b in pairs], 1, temperature, 40, seed)
+        drills_ids = [dm.encode_prompt(f"Add {a}+{b} column by column.")[1] for a, b in pairs]
+        d = sample(model, tok, drills_ids, 1, temperature, 40, seed)
         result["drill_right"] = round(statistics.mean(f"\\boxed{{{a + b}}}" in t for (a, b), t in zip(pairs, d.texts)), 3)
     return result
 

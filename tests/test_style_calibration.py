@@ -70,3 +70,24 @@ def test_small_run_on_the_committed_base(cal):
     assert sum(shares) == pytest.approx(1.0, abs=0.01) and len(shares) >= 2
     assert 0 <= result["pass@1"] <= 1 and result["length"] > 0 and 0 <= result["mixing_rate"] <= 1
     assert 0 <= result["drill_right"] <= 1 and result["temperature"] == 1.0
+
+
+@pytest.mark.parametrize("config", ["r1_behaviours.yaml", "r1_behaviours_no_lang.yaml"])
+def test_calibration_samples_the_rl_configs_held_out_prompts(cal, config):
+    """The calibration judges a base on what the RL run will sample: the same prompts, rendered and encoded by the
+    RL config's own data settings (source, template, system prompt). Fails if either drifts."""
+    import yaml
+    from transformers import AutoTokenizer
+
+    from r1lightning.data import PromptDataModule
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / config).read_text())["data"]["init_args"]
+    tok = AutoTokenizer.from_pretrained(PACKAGE_ROOT / "assets" / "tiny_base_styles")
+    rl = PromptDataModule(val_data=data["val_data"], template=data.get("template", "chat"),
+                          system_prompt=data.get("system_prompt"), tokenizer=tok)
+    rl.setup("validate")
+    n = len(rl.val_set)
+    ours = cal.prompt_data(f"synthetic:arithmetic_styles?n={n}&split=test&seed=1", tok)
+    assert n == 300 and [x["prompt_ids"] for x in ours.val_set.items] == [x["prompt_ids"] for x in rl.val_set.items]
+    assert [x["columns"] for x in ours.val_set.items] == [x["columns"] for x in rl.val_set.items]
+    assert ours.encode_prompt("Add 68+17 column by column.")[1] == rl.encode_prompt("Add 68+17 column by column.")[1]

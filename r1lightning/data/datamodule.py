@@ -443,12 +443,10 @@ class PromptDataModule(_RowsDataModule):
             raise ValueError(f"max_new_tokens={new_tokens} leaves no room for a prompt in the model's {positions} "
                              "positions")
         limit = self.max_prompt_length if positions is None else min(self.max_prompt_length, positions - new_tokens)
-        add_special = self.template != "chat"
         items = []
         dropped = 0
         for row in rows:
-            text = self.render(row[self.prompt_column])
-            ids = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+            text, ids = self.encode_prompt(row[self.prompt_column])
             if len(ids) > limit:
                 dropped += 1
                 continue
@@ -467,6 +465,12 @@ class PromptDataModule(_RowsDataModule):
         if not items:
             raise ValueError(f"data source {source!r}: no prompt fits {why}")
         return items
+
+    def encode_prompt(self, prompt) -> tuple[str, list[int]]:
+        """``(text, token ids)`` of one prompt as the policy sees it: rendered with the template (and system
+        prompt), special tokens added only where the template does not write them itself (``chat``)."""
+        text = self.render(prompt)
+        return text, self.tokenizer(text, add_special_tokens=self.template != "chat")["input_ids"]
 
     def _position_budget(self, train: bool) -> tuple[Optional[int], int]:
         """(the model's maximum positions or None if unknown, the longest generation to leave room for).

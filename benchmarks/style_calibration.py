@@ -5,8 +5,9 @@ solutions are *more often right* than its plain worked ones: GRPO has nothing el
 base on the RL configs' held-out prompts (``synthetic:arithmetic_styles?split=test&seed=1``, encoded by their
 PromptDataModule) and reports, per style (r1lightning.data.styles.classify_style), the share of samples,
 accuracy and length, and for every checked step it can parse: whether the direct sum and the check are right,
-whether they disagree, and whether "wait" is said exactly where they do. Both check designs are parsed (recompute: ``a+b=c, let me check:
-a+b=c2[, wait, a+b=c3]``; column: ``a+b=c, let me check: 8+7=15, 6+1+1=8[, 1+0=1], v[, wait, a+b=v]``).
+whether they disagree, and whether "wait" is said exactly where they do. Both check designs are parsed
+(recompute: ``a+b=c, let me check: a+b=c2[, wait, a+b=c3]``; column: ``a+b=c, let me check: 8+7=15,
+6+1+1=8[, 1+0=1], v[, wait, a+b=v]``).
 With ``--drills`` it also samples ``Add a+b column by column.`` prompts (bases trained with ``p_column``).
 
     PYTHONPATH=$PWD python benchmarks/style_calibration.py r1lightning/assets/tiny_base_styles --temperature 1.0

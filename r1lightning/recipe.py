@@ -15,11 +15,18 @@ tokenizer, a tokenizer whose vocabulary differs from the recipe's, an empty or m
 
 Restarts: a stage is done when ``<out>/<stage>/DONE.json`` exists, written only after its outputs were
 checked; a done stage is skipped unless its resolved config or an input stage's result changed since (then it
-reruns, and so does everything downstream). A stage killed half-way has no marker: its folder is cleared and
-the stage runs again from its start. Every stage that produces a model is evaluated on held-out data with the
-recipe's ``eval`` config (``python -m r1lightning test``; ``<out>/<stage>/eval/summary.json``), and the run
-ends with one markdown table (``<out>/results.md``): held-out pass@1, format rate, language consistency,
-response length, the reward model's pairwise accuracy and the wall-clock of every stage.
+reruns, and so does everything downstream). A stage killed half-way has no marker. A training (``fit``) stage
+resumes from the newest checkpoint in its folder -- ``last.ckpt`` or any other ModelCheckpoint file, the
+``preempted.ckpt`` that SIGTERM leaves (:mod:`r1lightning.preemption`), SLURM's ``hpc_ckpt_*.ckpt``, or a
+sharded checkpoint folder -- when its resolved config and inputs are the ones it started with
+(``<out>/<stage>/STARTED.json``): ``fit --config ... --ckpt_path <checkpoint>``, into the same TensorBoard
+folder, with optimizer, schedules, callbacks and data position restored. Otherwise (no checkpoint, a changed
+config or input, a ``predict`` stage) its folder is cleared and the stage runs again from its start.
+
+Every stage that produces a model is evaluated on held-out data with the recipe's ``eval`` config
+(``python -m r1lightning test``; ``<out>/<stage>/eval/summary.json``), and the run ends with one markdown table
+(``<out>/results.md``): held-out pass@1, format rate, language consistency, response length, the reward model's
+pairwise accuracy and the wall-clock of every stage.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from typing import Any, Callable, Optional
 import yaml
 
 MARKER = "DONE.json"
+STARTED = "STARTED.json"  # config hash and inputs of the run a stage folder holds, written before it starts
 PRODUCTS = ("model", "data", None)
 _REF_RE = re.compile(r"\{([A-Za-z0-9_]+)(?:\.(model|data))?\}")
 
@@ -314,6 +322,28 @@ class RecipeRun:
             return False, f"its {stage.produces} is missing"
         return True, "done"
 
+    def resume_point(self, stage: Stage, config: dict, upstream: dict) -> tuple[Optional[Path], str]:
+        """The checkpoint an interrupted ``fit`` stage continues from, or None and why it starts again.
+
+        Only a folder started with the same resolved config and inputs (its STARTED.json) is continued; of its
+        checkpoints -- every ``*.ckpt`` file, or sharded folder with a ``meta.pt``, anywhere under it -- the newest
+        (by the time it was written) is taken."""
+        from r1lightning.cli import checkpoint_file
+
+        folder = self.stage_dir(stage.name)
+        if stage.command != "fit":
+            return None, "a predict stage has no checkpoints"
+        try:
+            started = json.loads((folder / STARTED).read_text())
+        except (OSError, ValueError):
+            return None, f"no readable {STARTED}"
+        if started.get("config_hash") != self._fingerprint(config) or started.get("upstream") != upstream:
+            return None, "its resolved config or an input changed since it started"
+        found = [(checkpoint_file(p).stat().st_mtime, p) for p in folder.rglob("*.ckpt") if checkpoint_file(p)]
+        if not found:
+            return None, "no checkpoint was saved"
+        return max(found)[1], ""
+
     def run_stage(self, stage: Stage) -> None:
         upstream = self.check_inputs(stage)
         config = self.stage_config(stage)
@@ -322,16 +352,24 @@ class RecipeRun:
         if done:
             self.echo(f"[recipe] {stage.name}: done already, skipped ({folder / MARKER})")
             return
-        if folder.exists():
-            self.echo(f"[recipe] {stage.name}: {why}; its folder is cleared and the stage runs from its start")
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
+        ckpt, why_not = self.resume_point(stage, config, upstream) if folder.exists() else (None, "")
+        if ckpt is not None:
+            self.echo(f"[recipe] {stage.name}: {why}; resumes from {ckpt}")
+        else:
+            if folder.exists():
+                self.echo(f"[recipe] {stage.name}: {why} ({why_not}); its folder is cleared and the stage runs from "
+                          "its start")
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            (folder / STARTED).write_text(json.dumps({"config_hash": self._fingerprint(config), "upstream": upstream,
+                                                      "started": f"{time.time():.6f}"}, indent=2))
         cfg_path = folder / "config.yaml"
         cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.echo(f"[recipe] {stage.name}: python -m r1lightning {stage.command} --config {cfg_path}")
+        args = [stage.command, "--config", str(cfg_path)] + (["--ckpt_path", str(ckpt)] if ckpt is not None else [])
+        self.echo(f"[recipe] {stage.name}: python -m r1lightning {' '.join(args)}")
         t0 = time.time()
         log = folder / "stage.log"
-        code = self.runner([stage.command, "--config", str(cfg_path)], log)
+        code = self.runner(args, log)
         seconds = time.time() - t0
         if code != 0:
             raise RecipeError(f"stage {stage.name!r} failed (exit code {code}); log {log}:\n{_tail(log)}")
@@ -345,6 +383,7 @@ class RecipeRun:
         marker = {"stage": stage.name, "command": stage.command, "config": stage.config,
                   "config_hash": self._fingerprint(config), "upstream": upstream, "seconds": seconds,
                   "finished": f"{time.time():.6f}",  # identifies this run of the stage for the ones downstream
+                  "resumed_from": str(ckpt) if ckpt is not None else None,  # seconds: this last attempt only
                   "outputs": products, "metrics": self._read_metrics(stage)}
         (folder / MARKER).write_text(json.dumps(marker, indent=2))
         self.echo(f"[recipe] {stage.name}: finished in {seconds / 60:.1f} min")

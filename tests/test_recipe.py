@@ -6,12 +6,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
+
+from r1l_testing import read_scalars
 
 from r1lightning.recipe import MARKER, RecipeError, RecipeRun, check_data, check_model, load_recipe
 
@@ -126,9 +132,10 @@ class FakeRunner:
     """Stands in for ``python -m r1lightning``: writes what each command would (an export, a dataset, an
     evaluation summary) and records the calls; ``fail`` names a stage folder whose command fails half-way."""
 
-    def __init__(self, rows: int = 3, fail: str | None = None):
+    def __init__(self, rows: int = 3, fail: str | None = None, checkpoints: tuple[str, ...] = ()):
         self.calls: list[str] = []
-        self.rows, self.fail = rows, fail
+        self.args: dict[str, list[str]] = {}  # the command line of each stage's last call
+        self.rows, self.fail, self.checkpoints = rows, fail, checkpoints
 
     def __call__(self, args: list[str], log: Path) -> int:
         cmd = args[0]
@@ -143,8 +150,15 @@ class FakeRunner:
         config = yaml.safe_load(Path(args[2]).read_text())
         folder = Path(config["trainer"]["default_root_dir"])
         self.calls.append(folder.name)
+        self.args[folder.name] = list(args)
         (folder / "partial.txt").write_text("work in progress")
         if self.fail == folder.name:
+            for i, rel in enumerate(self.checkpoints):  # written in this order, one second apart
+                sharded = rel.endswith("/")  # a folder with meta.pt, as FSDP2's distributed checkpoints
+                path = folder / rel / "meta.pt" if sharded else folder / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("checkpoint")
+                os.utime(path, (1e9 + i, 1e9 + i))
             return 1
         if cmd == "fit":
             shutil.copytree(TINY_BASE, config["model"]["init_args"]["export_dir"])
@@ -194,6 +208,67 @@ def test_a_failed_stage_stops_the_chain_without_a_marker(tmp_path):
     runner = FakeRunner()
     run_recipe(tmp_path, runner)
     assert runner.calls == ["b", "c", "eval:c"]
+
+
+def resume_arg(runner: FakeRunner, stage: str) -> str | None:
+    args = runner.args[stage]
+    return args[args.index("--ckpt_path") + 1] if "--ckpt_path" in args else None
+
+
+@pytest.mark.parametrize("checkpoints,newest", [
+    (("logs/run/checkpoints/step=2.ckpt", "logs/run/checkpoints/preempted.ckpt"),
+     "logs/run/checkpoints/preempted.ckpt"),
+    (("logs/run/checkpoints/last.ckpt", "checkpoints/step=4.ckpt"), "checkpoints/step=4.ckpt"),
+    (("ckpt/step=4.ckpt/", "ckpt/step=2.ckpt"), "ckpt/step=2.ckpt"),  # a sharded folder (meta.pt), then a file
+    (("ckpt/step=2.ckpt", "ckpt/step=4.ckpt/"), "ckpt/step=4.ckpt"),
+])
+def test_a_killed_training_stage_resumes_from_its_newest_checkpoint(tmp_path, checkpoints, newest):
+    killed = FakeRunner(fail="c", checkpoints=checkpoints)
+    with pytest.raises(RecipeError, match="stage 'c' failed"):
+        run_recipe(tmp_path, killed)
+    assert resume_arg(killed, "c") is None  # its first attempt starts from the beginning
+    again = FakeRunner()
+    run_recipe(tmp_path, again)
+    assert again.calls == ["c", "eval:c"]
+    assert resume_arg(again, "c") == str(tmp_path / "out/c" / newest)
+    assert (tmp_path / "out/c/partial.txt").is_file()  # the folder was kept: its logs continue
+    assert json.loads((tmp_path / "out/c" / MARKER).read_text())["resumed_from"] == str(tmp_path / "out/c" / newest)
+
+
+def test_a_killed_stage_starts_again_when_it_cannot_resume(tmp_path):
+    ckpt = ("logs/run/checkpoints/last.ckpt",)
+    # no checkpoint, or a sharded-looking folder without meta.pt: nothing to resume from
+    run_recipe(tmp_path, FakeRunner())
+    (tmp_path / "out/c" / MARKER).unlink()
+    (tmp_path / "out/c/ckpt/step=2.ckpt").mkdir(parents=True)
+    runner = FakeRunner()
+    run_recipe(tmp_path, runner)
+    assert runner.calls == ["c", "eval:c"] and resume_arg(runner, "c") is None
+    # a changed config: the checkpoint belongs to another run
+    (tmp_path / "out/c" / MARKER).unlink()
+    with pytest.raises(RecipeError):
+        run_recipe(tmp_path, FakeRunner(fail="c", checkpoints=ckpt))
+    stages = [dict(s) for s in THREE]
+    stages[2] = {**stages[2], "set": {**stages[2]["set"], "trainer.max_steps": 7}}
+    runner = FakeRunner()
+    run_recipe(tmp_path, runner, stages)
+    assert runner.calls == ["c", "eval:c"] and resume_arg(runner, "c") is None
+    assert not (tmp_path / "out/c/logs/run/checkpoints/last.ckpt").exists()  # cleared
+    # an input stage that ran again: c's checkpoint was trained on the old data
+    (tmp_path / "out/c" / MARKER).unlink()
+    with pytest.raises(RecipeError):
+        run_recipe(tmp_path, FakeRunner(fail="c", checkpoints=ckpt), stages)
+    (tmp_path / "out/b" / MARKER).unlink()
+    runner = FakeRunner()
+    run_recipe(tmp_path, runner, stages)
+    assert runner.calls == ["b", "c", "eval:c"] and resume_arg(runner, "c") is None
+    # a predict stage has no checkpoints to continue from, even if a file looks like one
+    (tmp_path / "out/b" / MARKER).unlink()
+    with pytest.raises(RecipeError):
+        run_recipe(tmp_path, FakeRunner(fail="b", checkpoints=ckpt), stages)
+    runner = FakeRunner()
+    run_recipe(tmp_path, runner, stages)
+    assert runner.calls == ["b", "c", "eval:c"] and resume_arg(runner, "b") is None
 
 
 def test_an_empty_dataset_is_refused_before_the_next_stage_runs(tmp_path):
@@ -264,6 +339,57 @@ def test_full_scale_configs_carry_the_papers_values():
         (5.0e-6, 2, 32768)
     distill = yaml.safe_load((ROOT / "configs/recipe/full/5c_student_distill.yaml").read_text())
     assert distill["model"]["init_args"]["kd_weight"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- a real resume
+def sigterm_runner(folder: Path, after: str):
+    """``python -m r1lightning ARGS`` as the recipe runs it, sent SIGTERM (a scheduler's preemption) as soon as a
+    checkpoint named ``after`` appears under ``folder``; returns the exit code."""
+    def run(args: list[str], log: Path) -> int:
+        with open(log, "a", encoding="utf-8") as f:
+            proc = subprocess.Popen([sys.executable, "-m", "r1lightning", *args], cwd=ROOT, env=ENV, stdout=f,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                deadline = time.time() + 400
+                while proc.poll() is None and time.time() < deadline and not any(folder.rglob(after)):
+                    time.sleep(0.2)
+                proc.send_signal(signal.SIGTERM)
+                return proc.wait(timeout=300)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+    return run
+
+
+@pytest.mark.slow
+def test_a_preempted_stage_resumes_and_ends_exactly_where_an_uninterrupted_one_does(tmp_path):
+    every = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+             "init_args": {"every_n_train_steps": 3, "save_top_k": -1}}
+    stage = {"name": "sft", "config": SFT, "produces": "model", "eval": False,
+             "set": {"model.init_args.policy.model_name_or_path": "{base}", "trainer.max_steps": 12,
+                     "trainer.log_every_n_steps": 1, "trainer.enable_checkpointing": True,
+                     "trainer.callbacks": [every], "data.init_args.batch_size": 8}}
+    whole = RecipeRun(load_recipe(write_recipe(tmp_path, [stage], eval=None)), tmp_path / "whole", echo=lambda _: None)
+    whole.run()
+    folder = tmp_path / "cut" / "sft"
+    cut = RecipeRun(whole.recipe, tmp_path / "cut", runner=sigterm_runner(folder, "*step=6.ckpt"), echo=lambda _: None)
+    with pytest.raises(RecipeError, match=r"exit code 143"):  # 128 + SIGTERM: preempted, r1lightning.preemption
+        cut.run()
+    (preempted,) = folder.rglob("preempted.ckpt")
+    stopped_at = torch.load(preempted, map_location="cpu", weights_only=False)["global_step"]
+    assert 6 <= stopped_at < 12
+    lines: list[str] = []
+    RecipeRun(whole.recipe, tmp_path / "cut", echo=lines.append).run()
+    assert any(f"resumes from {preempted}" in line for line in lines), lines
+    assert f"--ckpt_path {preempted}" in (folder / "stage.log").read_text()
+    # every step trained and logged once, in the same TensorBoard run
+    steps = sorted(step for step, _ in read_scalars(folder / "logs")["train/loss"])
+    assert steps == sorted(step for step, _ in read_scalars(tmp_path / "whole/sft/logs")["train/loss"])
+    assert len(steps) == len(set(steps)) == 12
+    # and the exported policy is the uninterrupted run's, bit for bit
+    want = load_file(tmp_path / "whole/sft/hf_model/model.safetensors")
+    got = load_file(folder / "hf_model/model.safetensors")
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
 
 
 # ---------------------------------------------------------------------------------------------- the short chain

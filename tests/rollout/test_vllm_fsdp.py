@@ -3,33 +3,22 @@ gathered weights and, after every rank changed its own shards, a push (gathered 
 order on both ranks) makes it compute what the sharded policy computes."""
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from vllm_testing import SKIP_REASON
 
+from r1l_testing import run_process_group
+
 pytest.importorskip("vllm", reason=SKIP_REASON)
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
 def test_fsdp_push_into_per_rank_vllm_engines(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(Path(__file__).with_name("vllm_fsdp_worker.py")), str(tmp_path)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        log, _ = proc.communicate(timeout=400)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail("the 2-rank vLLM + FSDP2 run did not finish in 400 s")
-    assert proc.returncode == 0, log[-4000:]
+           Path(__file__).with_name("vllm_fsdp_worker.py"), tmp_path]
+    run_process_group(cmd, tmp_path, 400, "the 2-rank vLLM + FSDP2 run did not finish in 400 s")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for r in ranks:
         assert r["tensors"] > 0

@@ -427,6 +427,15 @@ class WeightedReward:
                 self.batch_timeout_s,
             )
             return [0.0] * n
+        for key in sorted(set(term.kwargs) & set(columns)):
+            self._warn_once(
+                f"{term.label}:column:{key}",
+                "reward %r: the dataset column %r overrides its option %s=%r (each row's own value is used)",
+                term.label,
+                key,
+                key,
+                term.kwargs[key],
+            )
         kwargs = {**term.kwargs, **columns}
         try:
             params = inspect.signature(term.fn).parameters

@@ -111,17 +111,25 @@ def test_weighted_sum_by_hand():
     assert reward.weights == {"exact_match": 1.0, "format": 0.5}
 
 
-def test_options_and_column_override():
+def test_options_and_column_override(caplog):
     reward = WeightedReward(
         {"format": 1.0, "language_consistency": {"weight": 0.1, "language": "zh"}}
     )
     zh = "<think>先算二十三加四十五</think><answer>85</answer>"
     # Spec says zh: the Chinese CoT scores 1, so total = 1*1 + 0.1*1 = 1.1.
-    total, per_fn = reward([zh])
+    with caplog.at_level(logging.WARNING, logger="r1lightning.rewards.combine"):
+        total, per_fn = reward([zh])
     assert per_fn["language_consistency"] == [1.0] and total == pytest.approx([1.1])
-    # A per-sample `language` column overrides the spec's option: now the target is English.
-    total, per_fn = reward([zh], language=["en"])
+    assert not caplog.records
+    # A per-sample `language` column overrides the spec's option: now the target is English -- and the log says so,
+    # once per reward and key (format takes no language option: nothing to say about it).
+    with caplog.at_level(logging.WARNING, logger="r1lightning.rewards.combine"):
+        for _ in range(2):
+            total, per_fn = reward([zh], language=["en"])
     assert per_fn["language_consistency"] == [0.0] and total == pytest.approx([1.0])
+    (record,) = caplog.records
+    assert ("reward 'language_consistency': the dataset column 'language' overrides its option language='zh'"
+            in record.getMessage())
 
 
 def test_list_spec_with_labels_and_negative_weight(user_module):

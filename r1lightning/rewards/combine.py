@@ -23,7 +23,7 @@ name, or the function name for an import path) and any other keys as keyword arg
 Keyword arguments given in the spec must be named parameters of the function (a typo is an
 error, not a silent no-op), unless the function takes only ``**kwargs``. At call time every
 dataset column is passed too; a column overrides a spec argument of the same name (so a
-per-sample ``language`` column beats ``language: en``).
+per-sample ``language`` column beats ``language: en``), and the log says so once per reward and key.
 
 What a shared cluster does to a run, and what happens then:
 

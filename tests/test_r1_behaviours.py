@@ -1,9 +1,9 @@
 """The R1-behaviours demo in short (configs/r1_behaviours.yaml): a real GRPO run from the committed
 styles base, whose logged scalars must move the way the full 60-step run's do (README table): held-out
-accuracy up, language mixing (prompted by the Chinese-worded prompts) down under the language-consistency
-reward, and reflective words *down* -- in this world the base's checked solutions are less often right
-than its plain worked ones (37% vs 63% of samples), so the accuracy reward removes the checks; the
-callbacks must see that too. Response length is not asserted: the full run moved it by -4%.
+accuracy up, responses longer and reflective words per 1k tokens up -- the base's column-checked solutions
+are right more often than its plain worked ones (72% vs 47% of T = 1 samples), so the accuracy reward
+favours checking -- and language mixing (prompted by the Chinese-worded prompts) down under the
+language-consistency reward, which in the full run starts to bite after ~25 steps.
 
 Short means fewer steps and prompts per step; the directions, not the sizes, are asserted.
 """
@@ -17,7 +17,7 @@ import pytest
 from r1lightning.analysis import load_scalars, trend
 from r1lightning.policy import PACKAGE_ROOT
 
-STEPS = 24
+STEPS = 40
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,10 @@ def test_behaviours_move_in_the_directions_of_the_full_run(run_scalars):
     df = run_scalars
     # first vs last quarter of the logged steps (a tenth of a short run would be two noisy batches)
     reflect = trend(df, "reflect/per_1k_tokens", fraction=0.25)
+    length = trend(df, "train/completion_length/mean", fraction=0.25)
     mixing = trend(df, "lang/mixing_rate", fraction=0.25)
     accuracy = trend(df, "val/pass@1")
-    assert reflect[0] > 0 and reflect[1] < reflect[0], reflect
+    assert reflect[0] > 0 and reflect[1] > reflect[0], reflect
+    assert length[1] > length[0], length
     assert mixing[0] > 0 and mixing[1] < mixing[0], mixing
     assert accuracy[1] > accuracy[0], accuracy

@@ -26,15 +26,15 @@ say the connectives in Chinese (然后, 所以答案是); English prompts never 
 English wording, so both wordings of a problem are in the same split. Every solution is right; the
 answer (one number) is verified by exact match.
 
-Measured (calibrated and set aside, like the column check in styles.py): the premise fails. SFT from
-tiny_base on these solutions (configs/sft_tiny_base_styles.yaml with ``train_data`` this task,
-``max_length`` 208), benchmarks/style_calibration.py ``--task search_styles`` at T = 1 on 300 held-out
-prompts x 2: after 450 steps every style is weak (short 31% right, worked 37%, checked 30%: the model
-miscopies the prompt's numbers, sums a candidate right in 73% of trials, and its verdict is right in 80%);
-after 900 steps the model has learnt the subtraction from the short solutions (short 79% right, worked
-72%) while checked solutions are right in 51% (sums right 90%, verdicts 74%: "check: 83=83" compares the
-sum with itself). So answering directly beats checking, and RL would remove the checks. With
-``p_checked=0.3`` (450 steps) checked solutions were right in 23%.
+Measured (calibrated and set aside, like the column check at 1.1M parameters in styles.py): the premise
+fails. SFT from tiny_base on these solutions (the then configs/sft_tiny_base_styles.yaml, which fine-tuned
+tiny_base, with ``train_data`` this task, ``max_length`` 208), benchmarks/style_calibration.py
+``--task search_styles`` at T = 1 on 300 held-out prompts x 2: after 450 steps every style is weak (short
+31% right, worked 37%, checked 30%: the model miscopies the prompt's numbers, sums a candidate right in 73%
+of trials, and its verdict is right in 80%); after 900 steps the model has learnt the subtraction from the
+short solutions (short 79% right, worked 72%) while checked solutions are right in 51% (sums right 90%,
+verdicts 74%: "check: 83=83" compares the sum with itself). So answering directly beats checking, and RL
+would remove the checks. With ``p_checked=0.3`` (450 steps) checked solutions were right in 23%.
 """
 
 from __future__ import annotations

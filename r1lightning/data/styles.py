@@ -6,7 +6,7 @@ mixing stay flat (DeepSeek-R1 §3.3 reports all three moving). This task keeps t
 problems and answers and varies how the *base's* SFT solutions are written, so that RL has styles
 to choose between and a reason (the accuracy reward, nothing else) to prefer some:
 
-* ``short``: the answer alone, ``<think>97</think>``: a 1M-parameter model cannot add three
+* ``short``: the answer alone, ``<think>97</think>``: a model of a few million parameters cannot add three
   two-digit numbers in one go, so this style is short and almost always wrong.
 * ``worked``: left-to-right partial sums joined by English connectives,
   ``23+45=68, then 68+17=85, so the answer is 85``: longer, more often right.
@@ -21,24 +21,25 @@ to choose between and a reason (the accuracy reward, nothing else) to prefer som
   right, and the accuracy reward can raise the rate of reflective words ("let me", "check",
   "wait") and the response length without rewarding either. (A check by another route, tens then
   units, was tried first: the model's decomposed sums were less reliable than its direct ones,
-  86% x 76% against 84%, so that check made solutions worse.) Measured on the committed base, this
-  check does not pay either: checked samples are right in 37% of cases against 63% for worked ones.
+  86% x 76% against 84%, so that check made solutions worse.) Measured on the base first committed
+  (SFT from the 1.1M tiny base), this check does not pay either: checked samples are right in 37% of
+  cases against 63% for worked ones.
   The model learnt the surface of checking, not the comparison: its two computations of a step
   disagree in 49% of steps (the data: 30%), the recomputation is right less often than the first
   (71% vs 79%), and "wait" follows a disagreement in only 26 of 99 cases while 30 of its 56 "wait"s
   follow agreeing values -- so RL removes the checks (README).
-* ``check="column"`` (not the committed base's; a third design, calibrated and set aside): the direct
+* ``check="column"`` (the committed base's, r1lightning/assets/tiny_base_styles): the direct
   sum checked column by column, units first, every line a one-digit sum with the carry said
   (``68+17=85, let me check: 8+7=15, 6+1+1=8, 85``; a slipped direct sum gets "wait" and the step
   restated with the checked value), with ``p_column`` of the SFT rows column-addition drills under
   their own prompt so the skill is learnt without raising the share of checked solutions. Measured
-  on a base SFT-trained on it (600 steps from tiny_base, ``p_column=0.4``) by
-  benchmarks/style_calibration.py (300 held-out prompts x 2 samples): at T = 1 the column check is
-  right in 87% of steps against 85% for the direct sum, but checked solutions are right in 57% of
-  cases against 69% for worked ones; at T = 0.6, 78% vs 88%. Every extra token is one more chance
-  to slip (column drills alone are right 88% of the time; "wait" matches a disagreement in 73% of
-  checks at T = 1, 81% at 0.6), so at 1M parameters and this SFT budget a
-  longer check loses more than it catches.
+  by benchmarks/style_calibration.py (300 held-out prompts x 2 samples, T = 1) on a base SFT-trained
+  on it from the 1.1M tiny base (600 steps, ``p_column=0.4``): the column check is right in 87% of
+  steps against 85% for the direct sum, but checked solutions are right in 57% of cases against 69%
+  for worked ones (78% vs 88% at T = 0.6) -- every extra token is one more chance to slip. On the
+  committed base, a 3.6M-parameter model SFT-trained from scratch (configs/sft_tiny_base_styles.yaml,
+  900 steps): the check is right in 90% of steps against 68% for the direct sum, and checked
+  solutions are right in 72% of cases against 47% for worked ones, so RL spreads checking (README).
 * Language mixing, conditioned on the prompt as in R1 ("particularly when RL prompts involve
   multiple languages", §2.3): a share ``p_zh_prompt`` of prompts are worded in Chinese
   (``计算 23+45+17。``), and a share ``p_mixed`` of their worked and checked solutions say the

@@ -16,12 +16,13 @@ tokenizer, a tokenizer whose vocabulary differs from the recipe's, an empty or m
 Restarts: a stage is done when ``<out>/<stage>/DONE.json`` exists, written only after its outputs were
 checked; a done stage is skipped unless its resolved config or an input stage's result changed since (then it
 reruns, and so does everything downstream). A stage killed half-way has no marker. A training (``fit``) stage
-resumes from the newest checkpoint in its folder -- ``last.ckpt`` or any other ModelCheckpoint file, the
-``preempted.ckpt`` that SIGTERM leaves (:mod:`r1lightning.preemption`), SLURM's ``hpc_ckpt_*.ckpt``, or a
-sharded checkpoint folder -- when its resolved config and inputs are the ones it started with
-(``<out>/<stage>/STARTED.json``): ``fit --config ... --ckpt_path <checkpoint>``, into the same TensorBoard
-folder, with optimizer, schedules, callbacks and data position restored. Otherwise (no checkpoint, a changed
-config or input, a ``predict`` stage) its folder is cleared and the stage runs again from its start.
+resumes from the newest complete checkpoint in its folder -- ``last.ckpt`` or any other ModelCheckpoint file,
+the ``preempted.ckpt`` that SIGTERM leaves (:mod:`r1lightning.preemption`), SLURM's ``hpc_ckpt_*.ckpt``, a
+sharded (FSDP2) or DeepSpeed checkpoint folder; one cut off by the kill is passed over -- when its resolved
+config and inputs are the ones it started with (``<out>/<stage>/STARTED.json``): ``fit --config ...
+--ckpt_path <checkpoint>``, into the same TensorBoard folder, with optimizer, schedules, callbacks and data
+position restored. Otherwise (no complete checkpoint, a changed config or input, a ``predict`` stage) its folder
+is cleared and the stage runs again from its start.
 
 Every stage that produces a model is evaluated on held-out data with the recipe's ``eval`` config
 (``python -m r1lightning test``; ``<out>/<stage>/eval/summary.json``), and the run ends with one markdown table
@@ -204,6 +205,23 @@ def check_data(path: str | os.PathLike, stage: str, what: str) -> int:
 Runner = Callable[[list[str], Path], int]
 
 
+def checkpoint_written(path: Path) -> Optional[float]:
+    """When the checkpoint at ``path`` was completely written, or None if it is not one or was cut off.
+
+    A checkpoint file (torch's zip format: a file killed half-way through its write has no central directory at
+    its end, so ``zipfile`` rejects it), a sharded folder (FSDP2 / torch.distributed.checkpoint) whose ``meta.pt``
+    is whole, or a DeepSpeed folder, whose ``latest`` file DeepSpeed writes after every shard."""
+    import zipfile
+
+    if path.is_file():
+        return path.stat().st_mtime if zipfile.is_zipfile(path) else None
+    if (path / "meta.pt").is_file():
+        return (path / "meta.pt").stat().st_mtime if zipfile.is_zipfile(path / "meta.pt") else None
+    if (path / "latest").is_file():
+        return (path / "latest").stat().st_mtime
+    return None
+
+
 def subprocess_runner(args: list[str], log: Path) -> int:
     """``python -m r1lightning ARGS`` with its output in ``log``; returns the exit code."""
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
@@ -326,10 +344,7 @@ class RecipeRun:
         """The checkpoint an interrupted ``fit`` stage continues from, or None and why it starts again.
 
         Only a folder started with the same resolved config and inputs (its STARTED.json) is continued; of its
-        checkpoints -- every ``*.ckpt`` file, or sharded folder with a ``meta.pt``, anywhere under it -- the newest
-        (by the time it was written) is taken."""
-        from r1lightning.cli import checkpoint_file
-
+        complete checkpoints (:func:`checkpoint_written`) anywhere under it, the newest is taken."""
         folder = self.stage_dir(stage.name)
         if stage.command != "fit":
             return None, "a predict stage has no checkpoints"
@@ -339,9 +354,9 @@ class RecipeRun:
             return None, f"no readable {STARTED}"
         if started.get("config_hash") != self._fingerprint(config) or started.get("upstream") != upstream:
             return None, "its resolved config or an input changed since it started"
-        found = [(checkpoint_file(p).stat().st_mtime, p) for p in folder.rglob("*.ckpt") if checkpoint_file(p)]
+        found = [(t, p) for p in folder.rglob("*.ckpt") if (t := checkpoint_written(p)) is not None]
         if not found:
-            return None, "no checkpoint was saved"
+            return None, "no complete checkpoint was saved"
         return max(found)[1], ""
 
     def run_stage(self, stage: Stage) -> None:

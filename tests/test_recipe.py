@@ -128,6 +128,26 @@ def test_the_stage_config_binds_inputs_and_points_outputs_into_the_stage_folder(
 
 
 # ---------------------------------------------------------------------------------------------- running, restarts
+def write_checkpoint(path: Path) -> Path:
+    """A checkpoint as Lightning leaves it at ``path``; returns the file whose time says when it was written.
+    ``x.ckpt`` a file (torch's zip format); ``x.ckpt/`` a sharded folder with ``meta.pt`` (FSDP2);
+    ``x.ckpt/ds`` a DeepSpeed folder (its ``latest`` written last); ``x.ckpt~cut`` a file whose write was killed."""
+    name = str(path)
+    kind = "ds" if name.endswith("/ds") else "cut" if name.endswith("~cut") else "file"
+    path = Path(name.removesuffix("/ds").removesuffix("~cut"))
+    if kind == "ds":
+        (path / "checkpoint").mkdir(parents=True, exist_ok=True)
+        torch.save({"module": {}}, path / "checkpoint" / "mp_rank_00_model_states.pt")
+        (path / "latest").write_text("checkpoint")
+        return path / "latest"
+    target = path / "meta.pt" if name.endswith("/") else path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": 4}, target)
+    if kind == "cut":
+        target.write_bytes(target.read_bytes()[:-40])  # the end of the zip never reached the disk
+    return target
+
+
 class FakeRunner:
     """Stands in for ``python -m r1lightning``: writes what each command would (an export, a dataset, an
     evaluation summary) and records the calls; ``fail`` names a stage folder whose command fails half-way."""
@@ -154,10 +174,7 @@ class FakeRunner:
         (folder / "partial.txt").write_text("work in progress")
         if self.fail == folder.name:
             for i, rel in enumerate(self.checkpoints):  # written in this order, one second apart
-                sharded = rel.endswith("/")  # a folder with meta.pt, as FSDP2's distributed checkpoints
-                path = folder / rel / "meta.pt" if sharded else folder / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text("checkpoint")
+                path = write_checkpoint(folder / rel)
                 os.utime(path, (1e9 + i, 1e9 + i))
             return 1
         if cmd == "fit":
@@ -221,6 +238,8 @@ def resume_arg(runner: FakeRunner, stage: str) -> str | None:
     (("logs/run/checkpoints/last.ckpt", "checkpoints/step=4.ckpt"), "checkpoints/step=4.ckpt"),
     (("ckpt/step=4.ckpt/", "ckpt/step=2.ckpt"), "ckpt/step=2.ckpt"),  # a sharded folder (meta.pt), then a file
     (("ckpt/step=2.ckpt", "ckpt/step=4.ckpt/"), "ckpt/step=4.ckpt"),
+    (("ckpt/step=2.ckpt", "ckpt/step=4.ckpt/ds"), "ckpt/step=4.ckpt"),  # DeepSpeed
+    (("ckpt/step=2.ckpt", "ckpt/preempted.ckpt~cut"), "ckpt/step=2.ckpt"),  # killed while saving: passed over
 ])
 def test_a_killed_training_stage_resumes_from_its_newest_checkpoint(tmp_path, checkpoints, newest):
     killed = FakeRunner(fail="c", checkpoints=checkpoints)

@@ -146,6 +146,12 @@ class _RowsDataModule(pl.LightningDataModule):
     def render(self, prompt) -> str:
         return render_prompt(prompt, self.template, self.tokenizer, self.system_prompt)
 
+    def encode_prompt(self, prompt) -> tuple[str, list[int]]:
+        """``(text, token ids)`` of one prompt as the policy sees it: rendered with the template (and system
+        prompt), special tokens added only where the template does not write them itself (``chat``)."""
+        text = self.render(prompt)
+        return text, self.tokenizer(text, add_special_tokens=self.template != "chat")["input_ids"]
+
     # to be provided by subclasses
     def _prepare(self, rows: list[dict], source: str, train: bool) -> list:
         raise NotImplementedError
@@ -266,8 +272,7 @@ class SFTDataModule(_RowsDataModule):
 
     def _encode_prompt_completion(self, prompt, completion: str) -> tuple[list[int], list[int]]:
         tok = self.tokenizer
-        prompt_text = self.render(prompt)
-        p = tok(prompt_text, add_special_tokens=self.template != "chat")["input_ids"]
+        _, p = self.encode_prompt(prompt)
         c = tok(completion + tok.eos_token, add_special_tokens=False)["input_ids"]
         return p + c, [0] * len(p) + [1] * len(c)
 
@@ -465,12 +470,6 @@ class PromptDataModule(_RowsDataModule):
         if not items:
             raise ValueError(f"data source {source!r}: no prompt fits {why}")
         return items
-
-    def encode_prompt(self, prompt) -> tuple[str, list[int]]:
-        """``(text, token ids)`` of one prompt as the policy sees it: rendered with the template (and system
-        prompt), special tokens added only where the template does not write them itself (``chat``)."""
-        text = self.render(prompt)
-        return text, self.tokenizer(text, add_special_tokens=self.template != "chat")["input_ids"]
 
     def _position_budget(self, train: bool) -> tuple[Optional[int], int]:
         """(the model's maximum positions or None if unknown, the longest generation to leave room for).

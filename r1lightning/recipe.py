@@ -213,10 +213,11 @@ def checkpoint_written(path: Path) -> Optional[float]:
     is whole, or a DeepSpeed folder, whose ``latest`` file DeepSpeed writes after every shard."""
     import zipfile
 
-    if path.is_file():
-        return path.stat().st_mtime if zipfile.is_zipfile(path) else None
-    if (path / "meta.pt").is_file():
-        return (path / "meta.pt").stat().st_mtime if zipfile.is_zipfile(path / "meta.pt") else None
+    from r1lightning.cli import checkpoint_file
+
+    stored = checkpoint_file(path)  # the file itself, or a sharded folder's meta.pt
+    if stored is not None:
+        return stored.stat().st_mtime if zipfile.is_zipfile(stored) else None
     if (path / "latest").is_file():
         return (path / "latest").stat().st_mtime
     return None

@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = calibrate(args.model, args.prompts, args.samples, args.temperature, args.max_new_tokens, args.seed, args.drills, args.task)
+    result = calibrate(args.model, args.prompts, args.samples, args.temperature, args.max_new_tokens, args.seed,
+                       args.drills, args.task)
     json.dump(result, sys.stdout, indent=1)
     print()
 

@@ -78,7 +78,8 @@ def search_problem(rng: random.Random, n_candidates: int = 4, p_short: float = 0
     answer's units digit, the prompt in English or Chinese, a solution in a randomly drawn style."""
     check_shares(p_short, p_checked, p_zh_prompt=p_zh_prompt, p_mixed=p_mixed, p_mixed_en=p_mixed_en)
     if not 2 <= n_candidates <= 9:
-        raise ValueError(f"n_candidates must be 2..9 (distinct two-digit numbers with one units digit), got {n_candidates}")
+        raise ValueError(f"n_candidates must be 2..9 (distinct two-digit numbers with one units digit), "
+                         f"got {n_candidates}")
     a = rng.randint(10, 99)
     units = rng.randrange(10)
     candidates = [10 * t + units for t in rng.sample(range(1, 10), n_candidates)]
